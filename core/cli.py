@@ -1,0 +1,50 @@
+"""Headless command line: ``python main.py <command> ...``. No Qt is imported here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from core.commands import COMMAND_MODULES
+from core.errors import Cancelled, StudioError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python main.py",
+        description="FineTune Studio: fine-tune causal language models. Run without arguments for the app.",
+    )
+    parser.add_argument("--screenshot", metavar="FILE", help="render the main window to a PNG and exit")
+    parser.add_argument("--page", metavar="NAME", help="page to show (with --screenshot)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except Cancelled as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 130
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
