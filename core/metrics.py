@@ -1,0 +1,190 @@
+"""Training metrics as plain frozen dataclasses, and the sinks that receive them.
+
+One ``TrainerCallback`` (in ``core.training``) turns Trainer events into ``MetricPoint`` and
+``StatusEvent`` objects and hands them to every sink. Sinks are tiny and Qt-free: a JSONL file for the
+run folder, a one-line console progress bar for the CLI, and plain callables (the GUI wraps those in
+Qt signals). This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+STATES = ("running", "stopped", "finished", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One observation of a run: a training log (``kind="train"``) or an evaluation (``kind="eval"``)."""
+
+    kind: str  # "train" | "eval"
+    step: int
+    total_steps: int = 0
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_trained: int = 0  # non-padding input tokens seen by the optimizer so far
+    tokens_per_second: float | None = None
+    seconds_per_step: float | None = None
+    eta_seconds: float | None = None
+    elapsed_seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+    memory: dict = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (NaN/inf become strings so the file stays valid JSON)."""
+        return {key: _json_safe(value) for key, value in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A change of the run's state (running, stopped, finished, failed) or a progress message."""
+
+    state: str
+    message: str
+    step: int | None = None
+    fraction: float | None = None  # 0..1 when known (e.g. tokenizing progress)
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict:
+        return {"kind": "status", **{key: _json_safe(value) for key, value in dataclasses.asdict(self).items()}}
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    """Anything that receives metric points and status events."""
+
+    def on_metric(self, point: MetricPoint) -> None: ...
+
+    def on_status(self, event: StatusEvent) -> None: ...
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf": json.dumps would write invalid JSON tokens
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return value
+
+
+class JsonlSink:
+    """Appends one JSON object per event to ``path`` and flushes each line (a crash loses nothing)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # Repair a torn last line left by a killed process, so appended lines stay parseable.
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as handle:
+                handle.seek(-1, 2)
+                torn = handle.read(1) != b"\n"
+            if torn:
+                with open(self.path, "ab") as handle:
+                    handle.write(b"\n")
+
+    def _write(self, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False)
+        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+
+    def on_metric(self, point: MetricPoint) -> None:
+        self._write(point.to_dict())
+
+    def on_status(self, event: StatusEvent) -> None:
+        self._write(event.to_dict())
+
+
+def format_duration(seconds: float | None) -> str:
+    """``75`` -> ``1:15``; ``3725`` -> ``1:02:05``; None -> ``?``."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_progress_line(point: MetricPoint, last_eval_loss: float | None = None, width: int = 20) -> str:
+    """The console progress line: bar, step/total, loss, eval loss, tokens/s, ETA."""
+    total = max(point.total_steps, 0)
+    fraction = min(point.step / total, 1.0) if total else 0.0
+    filled = int(round(fraction * width))
+    bar = "#" * filled + "-" * (width - filled)
+    parts = [f"[{bar}] {point.step}/{total or '?'}"]
+    if point.loss is not None:
+        parts.append(f"loss {point.loss:.4f}")
+    eval_loss = point.eval_loss if point.eval_loss is not None else last_eval_loss
+    if eval_loss is not None:
+        parts.append(f"eval {eval_loss:.4f}")
+    if point.tokens_per_second:
+        parts.append(f"{point.tokens_per_second:,.0f} tok/s")
+    parts.append(f"ETA {format_duration(point.eta_seconds)}")
+    return "  ".join(parts)
+
+
+class ConsoleSink:
+    """A one-line progress bar for the CLI. On a terminal the line is rewritten in place; otherwise
+    (a log file, a pipe) a plain line is written at most every ``min_interval`` seconds and at evals."""
+
+    def __init__(self, stream: IO[str] | None = None, min_interval: float = 5.0):
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_interval = min_interval
+        self._last_eval_loss: float | None = None
+        self._last_write: float | None = None
+        self._line_open = False
+        isatty = getattr(self.stream, "isatty", None)
+        self._tty = bool(isatty and isatty())
+
+    def on_metric(self, point: MetricPoint) -> None:
+        if point.eval_loss is not None:
+            self._last_eval_loss = point.eval_loss
+        line = format_progress_line(point, self._last_eval_loss)
+        if self._tty:
+            self.stream.write("\r\x1b[K" + line)
+            self._line_open = True
+        else:
+            now = time.monotonic()
+            if (point.kind != "eval" and self._last_write is not None
+                    and now - self._last_write < self.min_interval):
+                return
+            self._last_write = now
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def on_status(self, event: StatusEvent) -> None:
+        if self._line_open:
+            self.stream.write("\n")
+            self._line_open = False
+        self.stream.write(f"{event.state}: {event.message}\n")
+        self.stream.flush()
+
+
+class CallbackSink:
+    """Forwards events to plain Python callables (the GUI connects these to Qt signals)."""
+
+    def __init__(self, on_metric: Callable[[MetricPoint], None] | None = None,
+                 on_status: Callable[[StatusEvent], None] | None = None):
+        self._on_metric = on_metric
+        self._on_status = on_status
+
+    def on_metric(self, point: MetricPoint) -> None:
+        if self._on_metric is not None:
+            self._on_metric(point)
+
+    def on_status(self, event: StatusEvent) -> None:
+        if self._on_status is not None:
+            self._on_status(event)

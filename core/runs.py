@@ -1,0 +1,238 @@
+"""Run folders: create them, read and write their status, list checkpoints and runs. No torch here.
+
+A run folder holds ``config.yaml``, ``metrics.jsonl``, ``checkpoints/checkpoint-N/`` (complete only
+when it contains ``COMPLETE``), ``final/``, ``environment.json`` and ``status.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.config import RunConfig, atomic_write_text
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+STATUS_FILE = "status.json"
+ENVIRONMENT_FILE = "environment.json"
+CHECKPOINTS_DIR = "checkpoints"
+FINAL_DIR = "final"
+COMPLETE_MARKER = "COMPLETE"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-.")
+    return slug[:80] or "run"
+
+
+def create_run_dir(workspace: str | os.PathLike, name: str) -> Path:
+    """Create a new, empty run folder ``workspace/<name>`` (``-2``, ``-3``... appended when taken)."""
+    workspace = Path(workspace)
+    workspace.mkdir(parents=True, exist_ok=True)
+    base = _slug(name or time.strftime("run-%Y%m%d-%H%M%S"))
+    for index in range(1, 10_000):
+        candidate = workspace / (base if index == 1 else f"{base}-{index}")
+        try:
+            candidate.mkdir()  # atomic: two processes never get the same folder
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{workspace}: too many runs named {base!r}")
+
+
+def _pid_alive(pid: int | None, started: float | None = None) -> bool:
+    """Whether ``pid`` is a live process (and, when known, the same one: pids get reused)."""
+    if not pid:
+        return False
+    try:
+        import psutil
+
+        try:
+            process = psutil.Process(int(pid))
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return False
+            if started is not None and abs(process.create_time() - float(started)) > 2.0:
+                return False
+            return True
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
+    except ImportError:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _process_start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # psutil missing or the process is gone: the pid check alone is used
+        return None
+
+
+def read_status(run_dir: str | os.PathLike) -> dict:
+    """The run's status.json as a dict; ``state`` becomes ``interrupted`` when it says running but its
+    process is gone (killed, crashed, machine rebooted). An unreadable file gives ``state: unknown``."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(status, dict):
+            raise ValueError("not an object")
+    except FileNotFoundError:
+        return {"state": "unknown", "message": "no status.json"}
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {"state": "unknown", "message": f"status.json unreadable: {exc}"}
+    if status.get("state") == "running" and not _pid_alive(status.get("pid"), status.get("pid_started")):
+        status["state"] = "interrupted"
+        status["message"] = ("the training process ended without saying so (killed or crashed); "
+                             "resume it from its last complete checkpoint")
+    return status
+
+
+def write_status(run_dir: str | os.PathLike, **fields) -> dict:
+    """Merge ``fields`` into status.json (atomic write) and return the new status.
+
+    Setting ``state="running"`` records the current pid (and its start time, against pid reuse)."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(status, dict):
+            status = {}
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        status = {}
+    if fields.get("state") == "running" and "pid" not in fields:
+        fields["pid"] = os.getpid()
+        fields["pid_started"] = _process_start_time(os.getpid())
+    status.update(fields)
+    status["updated"] = time.time()
+    status.setdefault("created", status["updated"])
+    atomic_write_text(path, json.dumps(status, indent=2, default=str) + "\n")
+    return status
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """Every object in metrics.jsonl, skipping a torn (half-written) line."""
+    path = Path(run_dir) / METRICS_FILE
+    records: list[dict] = []
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return records
+    with handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """``.../checkpoint-40`` -> 40; None for other names."""
+    match = _CHECKPOINT_RE.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those holding a COMPLETE marker) as (step, path), oldest first."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    found = []
+    if not folder.is_dir():
+        return found
+    for child in folder.iterdir():
+        step = checkpoint_step(child)
+        if step is not None and child.is_dir() and (child / COMPLETE_MARKER).is_file():
+            found.append((step, child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The RunConfig saved in the run folder."""
+    return RunConfig.load(Path(run_dir) / CONFIG_FILE)
+
+
+@dataclass
+class RunSummary:
+    """One line of the runs table."""
+
+    name: str
+    path: Path
+    created: float | None
+    method: str
+    model: str
+    state: str
+    global_step: int
+    total_steps: int
+    best_eval_loss: float | None
+    duration_seconds: float | None
+
+
+def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
+    """A RunSummary from the files of one run folder (tolerant of missing or broken files)."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    method = model = "?"
+    name = run_dir.name
+    try:
+        cfg = load_run_config(run_dir)
+        method, model, name = cfg.method.method, cfg.model.name_or_path, cfg.name or run_dir.name
+    except Exception:  # a broken config.yaml must not hide the run from the list
+        pass
+    best = status.get("best_eval_loss")
+    if best is None:
+        losses = [r["eval_loss"] for r in read_metrics(run_dir)
+                  if r.get("kind") == "eval" and isinstance(r.get("eval_loss"), (int, float))]
+        best = min(losses) if losses else None
+    started, ended = status.get("started"), status.get("ended") or status.get("updated")
+    duration = status.get("train_seconds")
+    if duration is None and started and ended:
+        duration = max(0.0, float(ended) - float(started))
+    created = status.get("created")
+    if created is None:
+        try:
+            created = run_dir.stat().st_mtime
+        except OSError:
+            created = None
+    return RunSummary(
+        name=name,
+        path=run_dir,
+        created=created,
+        method=method,
+        model=model,
+        state=str(status.get("state", "unknown")),
+        global_step=int(status.get("global_step") or 0),
+        total_steps=int(status.get("total_steps") or 0),
+        best_eval_loss=float(best) if best is not None else None,
+        duration_seconds=float(duration) if duration is not None else None,
+    )
+
+
+def list_runs(workspace: str | os.PathLike) -> list[RunSummary]:
+    """Every run folder in ``workspace`` (holding status.json or config.yaml), newest first."""
+    workspace = Path(workspace)
+    if not workspace.is_dir():
+        return []
+    runs = [summarize_run(child) for child in workspace.iterdir()
+            if child.is_dir() and ((child / STATUS_FILE).exists() or (child / CONFIG_FILE).exists())]
+    return sorted(runs, key=lambda run: run.created or 0.0, reverse=True)
