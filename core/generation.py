@@ -1,0 +1,564 @@
+"""Chat with a base model and its fine-tuned version: one loaded model, streamed tokens, cancellable.
+
+``ModelSession`` loads the base model once. For a LoRA / prefix-tuning run the adapter is put on top
+of it with peft and switched off (``PeftModel.disable_adapter()``) to answer as the base model, so
+base and fine-tuned answers never need two copies of the weights. A full fine-tuning run changed
+every weight, so there the session holds two models (the base and the fine-tuned one).
+
+Thread-safety: one lock guards every use of the model (generate, loss), so two chat panes (or a pane
+and an evaluation) can share one session; their requests simply run one after the other.
+
+torch / transformers / peft are imported inside functions: the GUI imports this module at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.cancel import StopToken
+from core.config import GenerationConfig, ModelConfig, RunConfig
+from core.errors import ModelError
+
+STOPPED_BY = ("eos", "max_tokens", "stop_string", "cancelled")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass
+class GenerationResult:
+    """One answer: the text without the prompt, and how it was produced."""
+
+    text: str
+    n_tokens: int
+    seconds: float
+    first_token_seconds: float | None  # time to first token (None when no token came)
+    stopped_by: str  # "eos" | "max_tokens" | "stop_string" | "cancelled"
+    prompt: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decoding speed over the whole answer (0 when nothing was generated)."""
+        return self.n_tokens / self.seconds if self.seconds > 0 and self.n_tokens else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the weights are
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_adapter_dir(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file()
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def _checkpoint_dir(run_dir: Path, checkpoint: int | str | Path) -> Path:
+    """``checkpoint`` is a step number (``run_dir/checkpoints/checkpoint-N``) or a folder."""
+    if isinstance(checkpoint, int) or (isinstance(checkpoint, str) and checkpoint.isdigit()):
+        path = run_dir / "checkpoints" / f"checkpoint-{int(checkpoint)}"
+    else:
+        path = Path(checkpoint)
+        if not path.is_absolute() and not path.exists():
+            path = run_dir / "checkpoints" / str(checkpoint)
+    if not path.is_dir():
+        available = sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*")) if run_dir else []
+        raise ModelError(
+            f"{path}: no such checkpoint"
+            + (f" (available: {', '.join(available)})" if available else " (this run has no checkpoints)")
+        )
+    return path
+
+
+@dataclass
+class ResolvedSource:
+    """What a session source points at: the run (if any), the base model and the trained weights."""
+
+    run_dir: Path | None
+    run_config: RunConfig | None
+    base_model: ModelConfig
+    weights_dir: Path | None  # adapter folder or full fine-tuned model folder; None = plain model
+    weights_kind: str  # "adapter" | "full" | "none"
+
+
+def resolve_source(source: str | Path, checkpoint: int | str | Path | None = None) -> ResolvedSource:
+    """Understand ``source``: a run folder, a checkpoint/adapter folder, or a model name/path."""
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / "config.yaml").is_file():
+        run_dir = path
+        run_config = _load_run_config(run_dir)
+        if checkpoint is not None:
+            weights = _checkpoint_dir(run_dir, checkpoint)
+        elif (run_dir / "final").is_dir():
+            weights = run_dir / "final"
+        else:
+            latest = _latest_checkpoint(run_dir)
+            if latest is None:
+                raise ModelError(
+                    f"{run_dir}: this run has no trained weights yet (no final/ folder and no complete "
+                    "checkpoint). Train it first, or open the base model by name."
+                )
+            weights = latest
+        kind = "adapter" if _is_adapter_dir(weights) else "full" if _is_model_dir(weights) else ""
+        if not kind:
+            raise ModelError(f"{weights}: holds neither an adapter (adapter_config.json) nor a model (config.json)")
+        return ResolvedSource(run_dir, run_config, run_config.model, weights, kind)
+    if checkpoint is not None:
+        raise ModelError(f"{source}: a checkpoint can only be chosen for a run folder (one holding config.yaml)")
+    if path.is_dir() and _is_adapter_dir(path):
+        # A checkpoint or exported adapter: use its run when it sits in one, else the base it names.
+        for parent in (path.parent, path.parent.parent):
+            if (parent / "config.yaml").is_file():
+                run_config = _load_run_config(parent)
+                return ResolvedSource(parent, run_config, run_config.model, path, "adapter")
+        import json
+
+        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if not base:
+            raise ModelError(f"{path / 'adapter_config.json'}: does not say which base model it belongs to")
+        return ResolvedSource(None, None, ModelConfig(name_or_path=str(base)), path, "adapter")
+    return ResolvedSource(None, None, ModelConfig(name_or_path=str(source)), None, "none")
+
+
+def _load_run_config(run_dir: Path) -> RunConfig:
+    try:
+        from core.runs import load_run_config
+    except ImportError:  # runs module not there yet: read the file directly
+        return RunConfig.load(run_dir / "config.yaml")
+    return load_run_config(run_dir)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    try:
+        from core.runs import latest_checkpoint
+    except ImportError:
+        found = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / "COMPLETE").exists()]
+        return max(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]), default=None)
+    return latest_checkpoint(run_dir)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """A torch device string for ``device`` ("auto" picks a GPU when there is one)."""
+    try:
+        from core.devices import pick_device
+    except ImportError:
+        pick_device = None
+    if pick_device is not None:
+        info = pick_device(device)
+        return info.kind if info.index is None or info.kind == "cpu" else f"{info.kind}:{info.index}"
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_base_model(model_cfg: ModelConfig, device: str):
+    """The base model through core.models (safety checks, bundled model) when available."""
+    try:
+        from core.models import load_model
+    except ImportError:
+        load_model = None
+    if load_model is not None:
+        model = load_model(model_cfg, device=device)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_cfg.name_or_path, revision=model_cfg.revision or None)
+        except OSError as exc:
+            raise ModelError(f"{model_cfg.name_or_path}: cannot load the model ({exc})") from None
+        model.to(device)
+    model.eval()
+    return model
+
+
+def load_session_tokenizer(model_cfg: ModelConfig, weights_dir: Path | None):
+    """The tokenizer saved with the trained weights, else the base model's; always with a pad token."""
+    if weights_dir is not None and _has_tokenizer(weights_dir):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(weights_dir))
+    else:
+        try:
+            from core.models import load_tokenizer
+        except ImportError:
+            load_tokenizer = None
+        if load_tokenizer is not None:
+            tokenizer = load_tokenizer(model_cfg)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model_cfg.name_or_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming and stopping
+# ----------------------------------------------------------------------------------------------
+
+
+class _TokenStreamer:
+    """Receives token ids from ``generate`` and emits text pieces as soon as they are final.
+
+    A piece is held back while it could still change: an incomplete UTF-8 character (decoded as
+    U+FFFD) or text that may be the start of a stop string. When a stop string appears, the text is
+    cut before it and ``stop_string_hit`` makes the stopping criterion end generation.
+    """
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str], on_piece: Callable[[str], None]):
+        self.tokenizer = tokenizer
+        self.stop_strings = [s for s in stop_strings if s]
+        self.on_piece = on_piece
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.final_text: str | None = None  # set when a stop string cut the text
+        self.stop_string_hit = False
+        self.first_token_time: float | None = None
+        self._seen_prompt = False
+
+    def put(self, value) -> None:
+        if value.dim() > 1:
+            if value.shape[0] > 1:
+                raise ValueError("streaming supports one sequence at a time")
+            value = value[0]
+        if not self._seen_prompt:  # generate() first pushes the prompt itself
+            self._seen_prompt = True
+            return
+        if self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
+        if self.stop_string_hit:
+            return
+        self.ids.extend(int(t) for t in value.tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for stop in self.stop_strings:
+            where = text.find(stop)
+            if where != -1:
+                self.stop_string_hit = True
+                self.final_text = text[:where]
+                self._emit_until(self.final_text, len(self.final_text))
+                return
+        safe = len(text)
+        if text.endswith("\ufffd"):
+            safe -= 1
+        head, hold = text[:safe], 0
+        for stop in self.stop_strings:  # hold back a possible beginning of a stop string
+            for k in range(min(len(stop) - 1, len(head)), 0, -1):
+                if head.endswith(stop[:k]):
+                    hold = max(hold, k)
+                    break
+        self._emit_until(text, safe - hold)
+
+    def _emit_until(self, text: str, end: int) -> None:
+        # Decoding the whole answer each time keeps spaces and multi-byte characters right; emit only
+        # what is new (byte-level BPE never rewrites earlier text, so the prefix is stable).
+        if end > len(self.emitted) and text.startswith(self.emitted):
+            piece = text[len(self.emitted):end]
+            self.emitted += piece
+            self.on_piece(piece)
+
+    def end(self) -> None:
+        if self.stop_string_hit:
+            return
+        # Emit everything left, including a held-back stop-string prefix or a cut multi-byte character.
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self._emit_until(text, len(text))
+        if not text.startswith(self.emitted):  # should not happen; keep text and stream consistent
+            self.final_text = self.emitted
+
+    @property
+    def text(self) -> str:
+        return self.final_text if self.final_text is not None else self.emitted
+
+
+def _stopping_criterion(streamer: _TokenStreamer, stop: StopToken | None):
+    from transformers import StoppingCriteria
+
+    class _StopCheck(StoppingCriteria):
+        # Checked after every new token, so a cancel request ends generation within one token.
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+
+            done = streamer.stop_string_hit or (stop is not None and stop.is_set)
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    return _StopCheck()
+
+
+def _generation_kwargs(gen_cfg: GenerationConfig, tokenizer, model) -> dict[str, Any]:
+    """Library arguments for ``generate``; core.hf_args owns the mapping when it exists."""
+    try:
+        from core.hf_args import generation_kwargs
+    except ImportError:
+        generation_kwargs = None
+    if generation_kwargs is not None:
+        kwargs = dict(generation_kwargs(gen_cfg, tokenizer))
+    else:
+        kwargs = {"max_new_tokens": gen_cfg.max_new_tokens, "do_sample": gen_cfg.do_sample,
+                  "repetition_penalty": gen_cfg.repetition_penalty}
+        if gen_cfg.do_sample:
+            kwargs.update(temperature=gen_cfg.temperature, top_p=gen_cfg.top_p, top_k=gen_cfg.top_k)
+    # We handle stop strings ourselves (streamed text must never show them).
+    kwargs.pop("stop_strings", None)
+    kwargs.pop("tokenizer", None)
+    kwargs.pop("seed", None)
+    kwargs["max_new_tokens"] = gen_cfg.max_new_tokens
+    # The classic bug: generate without pad_token_id / eos. Always pass both.
+    eos_ids = set()
+    for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+                  kwargs.get("eos_token_id")):
+        if isinstance(value, int):
+            eos_ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            eos_ids.update(int(v) for v in value)
+    if eos_ids:
+        kwargs["eos_token_id"] = sorted(eos_ids)
+    kwargs["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+    return kwargs
+
+
+# ----------------------------------------------------------------------------------------------
+# The session
+# ----------------------------------------------------------------------------------------------
+
+
+class ModelSession:
+    """A loaded model for chatting: base and fine-tuned answers from one copy of the base weights.
+
+    ``source`` is a run folder (its ``final/`` weights, or ``checkpoint``: a step number or
+    folder under ``checkpoints/``), an adapter/checkpoint folder, or a plain model name/path (then
+    there is no fine-tuned model and ``use_adapter`` is ignored). LoRA / prefix runs: the adapter
+    is toggled with peft's ``disable_adapter()``. Full fine-tuning runs need two models in memory
+    (base and fine-tuned), because every weight changed.
+
+    Thread-safe: one lock serialises generation and loss computation (see module docstring).
+    """
+
+    def __init__(self, source: str | Path, *, checkpoint: int | str | Path | None = None, device: str = "auto",
+                 progress=None):
+        self.source = source
+        self.resolved = resolve_source(source, checkpoint)
+        self.run_config: RunConfig | None = self.resolved.run_config
+        self.run_dir = self.resolved.run_dir
+        self.weights_dir = self.resolved.weights_dir
+        self.device = resolve_device(device)
+        self._lock = threading.RLock()
+        if progress:
+            progress(None, f"loading {self.resolved.base_model.name_or_path}")
+        self.tokenizer = load_session_tokenizer(self.resolved.base_model, self.weights_dir)
+        self.base_model = load_base_model(self.resolved.base_model, self.device)
+        self.model = self.base_model  # what answers "fine-tuned"
+        self.has_adapter = False
+        self.is_full_finetune = False
+        if self.resolved.weights_kind == "adapter":
+            from peft import PeftModel
+
+            if progress:
+                progress(None, f"loading adapter {self.weights_dir}")
+            try:
+                self.model = PeftModel.from_pretrained(self.base_model, str(self.weights_dir), is_trainable=False)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelError(f"{self.weights_dir}: cannot load the adapter onto "
+                                 f"{self.resolved.base_model.name_or_path} ({exc})") from None
+            self.model.eval()
+            self.has_adapter = True
+        elif self.resolved.weights_kind == "full":
+            if progress:
+                progress(None, f"loading fine-tuned model {self.weights_dir}")
+            self.model = load_base_model(ModelConfig(name_or_path=str(self.weights_dir)), self.device)
+            self.is_full_finetune = True
+
+    @property
+    def has_finetuned(self) -> bool:
+        """True when the session can answer as a fine-tuned model (adapter or full fine-tune)."""
+        return self.has_adapter or self.is_full_finetune
+
+    @contextlib.contextmanager
+    def model_for(self, use_adapter: bool = True):
+        """Hold the lock and yield the model answering as fine-tuned (True) or base (False)."""
+        with self._lock:
+            if self.has_adapter and not use_adapter:
+                with self.model.disable_adapter():
+                    yield self.model
+            elif self.is_full_finetune:
+                yield self.model if use_adapter else self.base_model
+            else:
+                yield self.model
+
+    # -- prompts ----------------------------------------------------------------------------------
+    def build_prompt(self, prompt_or_messages: str | dict | Sequence[dict], *, raw: bool = False) -> tuple[str, bool]:
+        """(prompt text, whether the tokenizer should add its special tokens).
+
+        A string is a question rendered with the run's template (raw text for a plain model or with
+        ``raw=True``); a record dict is rendered with the template; a list of ``{"role", "content"}``
+        messages goes through the tokenizer's chat template (multi-turn).
+        """
+        if isinstance(prompt_or_messages, (list, tuple)):
+            return self._chat_prompt(list(prompt_or_messages)), False
+        if isinstance(prompt_or_messages, dict) or (self.run_config is not None and not raw):
+            if self.run_config is None:
+                return str(prompt_or_messages.get("question", "")), True
+            return _prompt_for(prompt_or_messages, self.run_config, self.tokenizer), True
+        return str(prompt_or_messages), True
+
+    def _chat_prompt(self, messages: list[dict]) -> str:
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+                raise ValueError(f"message {i + 1}: expected a dict with 'role' and 'content'")
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # No chat template: write earlier turns in the run's template, then ask the last question.
+        cfg = self.run_config
+        parts, pending = [], None
+        for message in messages:
+            if message["role"] == "user":
+                pending = message["content"]
+            elif message["role"] == "assistant" and pending is not None:
+                question = _prompt_for(pending, cfg, self.tokenizer) if cfg else pending + "\n"
+                parts.append(question + message["content"])
+                pending = None
+        last = pending or ""
+        parts.append(_prompt_for(last, cfg, self.tokenizer) if cfg else last)
+        return "\n\n".join(parts)
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate(self, prompt_or_messages, gen_cfg: GenerationConfig | None = None, *, use_adapter: bool = True,
+                 on_token: Callable[[str], None] | None = None, stop: StopToken | None = None,
+                 raw: bool = False) -> GenerationResult:
+        """Answer a question / message list; ``on_token(piece)`` is called for each new piece of text.
+
+        Stops on EOS, a stop string (not included in the text), ``max_new_tokens`` or ``stop``
+        (``stopped_by="cancelled"``, returns after at most one more token). The prompt is not part
+        of ``text``; the pieces passed to ``on_token`` join to exactly ``text``.
+        """
+        import torch
+
+        gen_cfg = gen_cfg or (self.run_config.generation if self.run_config else GenerationConfig())
+        started = time.perf_counter()
+        prompt, add_special = self.build_prompt(prompt_or_messages, raw=raw)
+        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special)
+        with self.model_for(use_adapter) as model:
+            device = next(model.parameters()).device
+            input_ids = encoded["input_ids"].to(device)
+            attention_mask = encoded["attention_mask"].to(device)
+            streamer = _TokenStreamer(self.tokenizer, gen_cfg.stop_strings or [], on_token or (lambda piece: None))
+            kwargs = _generation_kwargs(gen_cfg, self.tokenizer, model)
+            if gen_cfg.do_sample:
+                torch.manual_seed(gen_cfg.seed)  # under the lock: a sampled answer is reproducible
+            from transformers import StoppingCriteriaList
+
+            with torch.inference_mode():
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_stopping_criterion(streamer, stop)]),
+                    **kwargs,
+                )
+        seconds = time.perf_counter() - started
+        new_ids = output[0, input_ids.shape[1]:].tolist()
+        eos_ids = set(kwargs.get("eos_token_id") or [])
+        if stop is not None and stop.is_set:
+            stopped_by = "cancelled"
+        elif streamer.stop_string_hit:
+            stopped_by = "stop_string"
+        elif new_ids and new_ids[-1] in eos_ids:
+            stopped_by = "eos"
+        else:
+            stopped_by = "max_tokens"
+        n_tokens = len(new_ids)  # one sequence: generate() adds no padding after EOS
+        first = streamer.first_token_time - started if streamer.first_token_time is not None else None
+        return GenerationResult(text=streamer.text, n_tokens=n_tokens, seconds=seconds,
+                                first_token_seconds=first, stopped_by=stopped_by, prompt=prompt)
+
+    def stream(self, prompt_or_messages, gen_cfg: GenerationConfig | None = None, *, use_adapter: bool = True,
+               stop: StopToken | None = None, raw: bool = False) -> GenerationStream:
+        """Iterate over text pieces as they are produced; ``.result`` holds the GenerationResult after.
+
+        Generation runs in a background thread; leaving the loop early (``close()`` or breaking out)
+        cancels it.
+        """
+        return GenerationStream(self, prompt_or_messages, gen_cfg, use_adapter=use_adapter, stop=stop, raw=raw)
+
+
+class GenerationStream(Iterator[str]):
+    """An iterator of streamed text pieces backed by a generation thread."""
+
+    _DONE = object()
+
+    def __init__(self, session: ModelSession, prompt_or_messages, gen_cfg, *, use_adapter, stop, raw):
+        self._queue: queue.Queue = queue.Queue()
+        self._user_stop = stop
+        self._stop = StopToken()
+        self.result: GenerationResult | None = None
+        self.error: BaseException | None = None
+
+        if stop is not None:  # forward the caller's token: checking both would need a wrapper
+            self._forward = threading.Thread(target=self._watch_user_stop, daemon=True)
+        else:
+            self._forward = None
+
+        def run() -> None:
+            try:
+                self.result = session.generate(prompt_or_messages, gen_cfg, use_adapter=use_adapter,
+                                               on_token=self._queue.put, stop=self._stop, raw=raw)
+            except BaseException as exc:  # re-raised in the consumer's thread
+                self.error = exc
+            finally:
+                self._queue.put(self._DONE)
+
+        self._thread = threading.Thread(target=run, name="generation", daemon=True)
+        self._thread.start()
+        if self._forward is not None:
+            self._forward.start()
+
+    def _watch_user_stop(self) -> None:
+        while self._thread.is_alive():
+            if self._user_stop.is_set:
+                self._stop.request(self._user_stop.reason)
+                return
+            time.sleep(0.01)
+
+    def __next__(self) -> str:
+        item = self._queue.get()
+        if item is self._DONE:
+            self._thread.join()
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
+            self._queue.put(self._DONE)  # further next() calls keep raising StopIteration
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Cancel the generation and wait for the thread to finish."""
+        self._stop.request("stream closed")
+        self._thread.join()
+
+    def __del__(self):
+        if getattr(self, "_thread", None) is not None and self._thread.is_alive():
+            self._stop.request("stream dropped")
+
+
+def _prompt_for(record_or_question, run_config: RunConfig, tokenizer) -> str:
+    """The run's prompt (template without the answer) through core.data."""
+    try:
+        from core.data import prompt_for
+    except ImportError:  # data module not there yet: the default "classic" template
+        question = record_or_question.get("question", "") if isinstance(record_or_question, dict) \
+            else record_or_question
+        return f"### Question:\n{question}\n### Answer:\n"
+    return prompt_for(record_or_question, run_config.data, tokenizer)

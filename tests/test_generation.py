@@ -1,0 +1,169 @@
+"""ModelSession: streaming, cancelling, stop strings, adapter toggle, checkpoints, thread-safety."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from core.cancel import StopToken
+from core.config import GenerationConfig
+from core.errors import ModelError
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, tmp_path_factory):
+    from lora_run import make_lora_run
+
+    return make_lora_run(tmp_path_factory.mktemp("runs") / "lora-run", tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def session(lora_run):
+    from core.generation import ModelSession
+
+    return ModelSession(lora_run, device="cpu")
+
+
+def greedy(n: int = 12, **kw) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=n, do_sample=False, repetition_penalty=1.0, **kw)
+
+
+def test_streaming_pieces_arrive_one_by_one_and_join_to_text(session):
+    pieces = []
+    result = session.generate("What is the capital of France?", greedy(12), on_token=pieces.append)
+    assert result.n_tokens > 1
+    assert len(pieces) > 1  # streamed, not one final blob
+    assert len(pieces) <= result.n_tokens
+    assert "".join(pieces) == result.text
+    assert "Question" not in result.text[:3]  # the prompt is stripped
+    assert result.prompt.startswith("### Question") or "What is the capital" in result.prompt
+    assert result.stopped_by in ("eos", "max_tokens")
+    assert result.first_token_seconds is not None and 0 < result.first_token_seconds <= result.seconds
+    assert result.tokens_per_second > 0
+
+    stream = session.stream("What is the capital of France?", greedy(12))
+    streamed = list(stream)
+    assert "".join(streamed) == result.text  # greedy: same answer through the iterator
+    assert stream.result is not None and stream.result.text == result.text
+
+
+def test_cancel_returns_promptly(session):
+    stop = StopToken()
+    pieces = []
+
+    def on_token(piece):
+        pieces.append(piece)
+        if len(pieces) == 3:
+            stop.request("user pressed stop")
+
+    result = session.generate("Who wrote Hamlet?", greedy(300), on_token=on_token, stop=stop)
+    assert result.stopped_by == "cancelled"
+    assert result.n_tokens <= 6  # stops within a token or two, not at 300
+    assert "".join(pieces) == result.text
+
+
+def test_closing_a_stream_cancels_it(session):
+    stream = session.stream("Who wrote Hamlet?", greedy(300))
+    first = next(stream)
+    assert isinstance(first, str)
+    stream.close()
+    assert stream.result is not None and stream.result.stopped_by == "cancelled"
+    assert stream.result.n_tokens < 300
+
+
+def test_stop_string_cuts_the_answer(session):
+    full = session.generate("What do bees make?", greedy(16)).text
+    assert len(full) > 6
+    stop_string = full[3:6]
+    pieces = []
+    result = session.generate("What do bees make?", greedy(16, stop_strings=[stop_string]), on_token=pieces.append)
+    assert result.stopped_by == "stop_string"
+    assert result.text == full[: full.find(stop_string)]
+    assert "".join(pieces) == result.text
+
+
+def test_adapter_toggle_matches_plain_base_model(session, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    assert session.has_adapter and session.has_finetuned
+    ids = session.tokenizer("### Question:\nWho wrote Hamlet?", return_tensors="pt")
+    with torch.no_grad():
+        with session.model_for(use_adapter=True) as model:
+            tuned = model(**ids).logits
+        with session.model_for(use_adapter=False) as model:
+            base = model(**ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+        reference = plain(**ids).logits
+    assert not torch.allclose(tuned, base, atol=1e-3)
+    torch.testing.assert_close(base, reference, rtol=0, atol=1e-6)
+    # And the adapter is back on after the base answer.
+    with torch.no_grad(), session.model_for(use_adapter=True) as model:
+        torch.testing.assert_close(model(**ids).logits, tuned, rtol=0, atol=0)
+
+    prompt, _ = session.build_prompt("Who wrote Hamlet?")
+    encoded = session.tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = plain.generate(**encoded, max_new_tokens=10, do_sample=False, pad_token_id=session.tokenizer.pad_token_id)
+    expected = session.tokenizer.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert session.generate("Who wrote Hamlet?", greedy(10), use_adapter=False).text == expected
+
+
+def test_checkpoint_selection_and_plain_model(lora_run, tiny_model_dir, session):
+    import torch
+
+    from core.generation import ModelSession
+
+    at_step_1 = ModelSession(lora_run, checkpoint=1, device="cpu")
+    assert at_step_1.weights_dir.name == "checkpoint-1"
+    ids = session.tokenizer("Paris", return_tensors="pt")
+    with torch.no_grad(), at_step_1.model_for(True) as model:
+        early = model(**ids).logits
+    with torch.no_grad(), session.model_for(True) as model:
+        final = model(**ids).logits
+    assert not torch.allclose(early, final, atol=1e-4)
+    with pytest.raises(ModelError, match="checkpoint-7"):
+        ModelSession(lora_run, checkpoint=7, device="cpu")
+
+    plain = ModelSession(str(tiny_model_dir), device="cpu")
+    assert not plain.has_adapter and plain.run_config is None
+    result = plain.generate("The quick brown", greedy(5))
+    assert result.prompt == "The quick brown"  # raw text for a plain model
+    assert result.n_tokens >= 1
+
+
+def test_messages_use_the_chat_template(session):
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Who wrote Hamlet?"},
+    ]
+    result = session.generate(messages, greedy(4))
+    assert result.prompt.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>user\nHi<|im_end|>" in result.prompt
+    with pytest.raises(ValueError, match="message 1"):
+        session.generate([{"content": "no role"}], greedy(2))
+
+
+def test_sampling_is_reproducible_with_a_seed(session):
+    cfg = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=1.0, top_k=0, seed=7)
+    first = session.generate("What is frozen water?", cfg).text
+    second = session.generate("What is frozen water?", cfg).text
+    assert first == second
+
+
+def test_two_threads_share_one_session(session):
+    expected = session.generate("Which planet is red?", greedy(8)).text
+    expected_base = session.generate("Which planet is red?", greedy(8), use_adapter=False).text
+    results = {}
+
+    def worker(name, use_adapter):
+        results[name] = session.generate("Which planet is red?", greedy(8), use_adapter=use_adapter).text
+
+    threads = [threading.Thread(target=worker, args=("tuned", True)), threading.Thread(target=worker, args=("base", False))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == {"tuned": expected, "base": expected_base}
