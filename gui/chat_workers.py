@@ -1,0 +1,350 @@
+"""Background threads of the Chat, Evaluate and Runs pages.
+
+Two kinds of workers, both QObjects moved to a QThread (never a QThread subclass, never terminate()):
+
+- ``ChatWorker``: one per chat pane. It keeps its own ``core.generation.ModelSession`` (loaded on the
+  first request, reused while the run/checkpoint stays the same) and streams tokens of one request at a
+  time. Every request carries a generation id; the page drops tokens whose id is not the current one,
+  so a cancelled answer can never leak into the next one.
+- ``TaskRunner``: runs one plain function ``fn(stop, progress) -> result`` (evaluation, resume, export)
+  and reports progress / result / error as ``Signal(object)`` snapshots.
+
+Only frozen dataclasses cross threads.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from core.cancel import StopToken
+
+# Every QThread these helpers start, so tests (and shutdown code) can check none is left running.
+_THREADS: weakref.WeakSet[QThread] = weakref.WeakSet()
+
+
+def running_threads() -> list[QThread]:
+    """Threads started by this module that are still running."""
+    return [thread for thread in list(_THREADS) if thread.isRunning()]
+
+
+# --------------------------------------------------------------------------------------------------
+# chat
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One answer to generate in one pane."""
+
+    generation_id: int
+    side: str  # "base" | "tuned"
+    source: str  # run folder, or a model name/path when no run is chosen
+    checkpoint: str | None  # checkpoint folder, None = the run's final adapter
+    use_adapter: bool
+    messages: tuple  # ({"role": ..., "content": ...}, ...) the conversation so far, user turn last
+    gen_cfg: Any  # core.config.GenerationConfig (a private copy)
+    stop: StopToken = field(compare=False)
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    generation_id: int
+    side: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ChatStatus:
+    generation_id: int
+    side: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    """The end of one answer: ``result`` (GenerationResult) or ``error`` (a message for the user)."""
+
+    generation_id: int
+    side: str
+    text: str = ""
+    result: Any = None
+    error: str | None = None
+    load_seconds: float = 0.0
+    first_token_seconds: float | None = None  # from the request start (model loading included)
+
+
+def _default_session_factory(source: str, checkpoint: str | None):
+    from core.generation import ModelSession
+
+    return ModelSession(source, checkpoint=checkpoint)
+
+
+class SharedSessions:
+    """A session factory that hands both panes the same ModelSession for the same run/checkpoint.
+
+    One copy of the weights; ModelSession's lock then makes the two answers run one after the other
+    (the second pane's first token waits for the first answer). Thread-safe: both workers may ask at
+    once; the second waits for the first load instead of loading a copy.
+    """
+
+    def __init__(self, factory: Callable[[str, str | None], Any] | None = None):
+        import threading
+
+        self._factory = factory or _default_session_factory
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._session: Any = None
+
+    def __call__(self, source: str, checkpoint: str | None):
+        with self._lock:
+            if self._key != (source, checkpoint):
+                self._session = None
+                self._session = self._factory(source, checkpoint)
+                self._key = (source, checkpoint)
+            return self._session
+
+
+class ChatWorker(QObject):
+    """Streams answers for one pane; lives in its own QThread."""
+
+    tokenArrived = Signal(object)  # TokenChunk
+    statusChanged = Signal(object)  # ChatStatus
+    answerFinished = Signal(object)  # ChatAnswer
+
+    def __init__(self, session_factory: Callable[[str, str | None], Any] | None = None):
+        super().__init__()
+        self._factory = session_factory or _default_session_factory
+        self._session: Any = None
+        self._session_key: tuple[str, str | None] | None = None
+
+    @Slot(object)
+    def run_request(self, request: ChatRequest) -> None:
+        """Generate one answer (load or switch the model first when needed)."""
+        started = time.perf_counter()
+        first_token: list[float] = []
+        pieces: list[str] = []
+        load_seconds = 0.0
+        if request.stop.is_set:  # cancelled while queued: do not even load
+            self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, error=None,
+                                                result=None, text=""))
+            return
+        try:
+            key = (request.source, request.checkpoint)
+            if self._session is None or self._session_key != key:
+                self.statusChanged.emit(ChatStatus(request.generation_id, request.side, "Loading the model…"))
+                self._session = None  # free the previous model before loading the next one
+                self._session = self._factory(request.source, request.checkpoint)
+                self._session_key = key
+                load_seconds = time.perf_counter() - started
+            if request.use_adapter and not getattr(self._session, "has_finetuned",
+                                                   getattr(self._session, "has_adapter", False)):
+                from core.errors import ModelError
+
+                raise ModelError(f"{request.source}: no fine-tuned weights to answer with")
+            self.statusChanged.emit(ChatStatus(request.generation_id, request.side, "Generating…"))
+
+            def on_token(text: str) -> None:
+                if not first_token:
+                    first_token.append(time.perf_counter() - started)
+                pieces.append(text)
+                self.tokenArrived.emit(TokenChunk(request.generation_id, request.side, text))
+
+            result = self._session.generate(
+                list(request.messages), request.gen_cfg, use_adapter=request.use_adapter,
+                on_token=on_token, stop=request.stop,
+            )
+            text = getattr(result, "text", "".join(pieces))
+            self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, text=text, result=result,
+                                                load_seconds=load_seconds,
+                                                first_token_seconds=first_token[0] if first_token else None))
+        except Exception as exc:  # shown in the pane; a broken request must not kill the thread
+            from core.errors import Cancelled, StudioError
+
+            if isinstance(exc, Cancelled):
+                message = None
+            elif isinstance(exc, StudioError):
+                message = str(exc)
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, text="".join(pieces),
+                                                error=message, load_seconds=load_seconds))
+
+    @Slot()
+    def release(self) -> None:
+        """Drop the loaded model (frees its memory)."""
+        self._session = None
+        self._session_key = None
+
+
+class _Dispatcher(QObject):
+    """Emits requests into a worker's thread (a queued signal is the thread-safe way in)."""
+
+    request = Signal(object)
+    release = Signal()
+
+
+class ChatPaneThread:
+    """A ChatWorker in its own QThread, plus the queued entry point to it."""
+
+    def __init__(self, session_factory=None, name: str = "chat"):
+        self.thread = QThread()
+        self.thread.setObjectName(name)
+        self.worker = ChatWorker(session_factory)
+        self.worker.moveToThread(self.thread)
+        self._dispatcher = _Dispatcher()
+        self._dispatcher.request.connect(self.worker.run_request)
+        self._dispatcher.release.connect(self.worker.release)
+        _THREADS.add(self.thread)
+        self.thread.start()
+
+    def submit(self, request: ChatRequest) -> None:
+        self._dispatcher.request.emit(request)
+
+    def release_model(self) -> None:
+        self._dispatcher.release.emit()
+
+    def shutdown(self, timeout_ms: int) -> bool:
+        """Quit the thread after the running request; True when it ended within ``timeout_ms``."""
+        if not self.thread.isRunning():
+            return True
+        self.release_model()
+        self.thread.quit()
+        return self.thread.wait(max(0, int(timeout_ms)))
+
+
+# --------------------------------------------------------------------------------------------------
+# generic one-shot tasks (evaluate, resume, export)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    fraction: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How a task ended: ``result`` when it worked, ``error`` (user message) when not."""
+
+    name: str
+    result: Any = None
+    error: str | None = None
+    cancelled: bool = False
+
+
+class _TaskWorker(QObject):
+    progressed = Signal(object)  # TaskProgress
+    done = Signal(object)  # TaskOutcome
+
+    def __init__(self, name: str, fn: Callable[[StopToken, Callable], Any], stop: StopToken):
+        super().__init__()
+        self._name = name
+        self._fn = fn
+        self._stop = stop
+        self._last_emit = 0.0
+
+    def _progress(self, fraction: float | None, message: str) -> None:
+        # Throttle: generation-level progress can fire hundreds of times a second.
+        now = time.monotonic()
+        if fraction is not None and fraction < 1.0 and now - self._last_emit < 0.05:
+            return
+        self._last_emit = now
+        self.progressed.emit(TaskProgress(fraction, message))
+
+    @Slot()
+    def run(self) -> None:
+        from core.errors import Cancelled, StudioError
+
+        try:
+            result = self._fn(self._stop, self._progress)
+            self.done.emit(TaskOutcome(self._name, result=result, cancelled=self._stop.is_set))
+        except Cancelled:
+            self.done.emit(TaskOutcome(self._name, cancelled=True))
+        except StudioError as exc:
+            self.done.emit(TaskOutcome(self._name, error=str(exc)))
+        except Exception as exc:  # unexpected: keep the traceback in the console, a message in the GUI
+            traceback.print_exc()
+            self.done.emit(TaskOutcome(self._name, error=f"{type(exc).__name__}: {exc}"))
+        finally:
+            # Quit from inside: the GUI thread may be blocked in wait() during shutdown.
+            self.thread().quit()
+
+
+class TaskRunner(QObject):
+    """Runs ``fn(stop, progress)`` in a fresh QThread; one task at a time per runner.
+
+    Signals: ``progressed(TaskProgress)``, ``finished(TaskOutcome)`` (always emitted once per task,
+    after the thread has ended, so the runner is idle again when listeners run).
+    """
+
+    progressed = Signal(object)
+    finished = Signal(object)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._thread: QThread | None = None
+        self._worker: _TaskWorker | None = None
+        self._stop: StopToken | None = None
+        self._outcome: TaskOutcome | None = None
+        self.name = ""
+
+    @property
+    def is_busy(self) -> bool:
+        return self._thread is not None
+
+    def start(self, name: str, fn: Callable[[StopToken, Callable], Any]) -> None:
+        """Start ``fn`` in the background; raises RuntimeError when a task is already running."""
+        if self._thread is not None:
+            raise RuntimeError(f"'{self.name}' is still running")
+        self.name = name
+        self._stop = StopToken()
+        self._outcome = None
+        thread = QThread()
+        thread.setObjectName(f"task-{name}")
+        worker = _TaskWorker(name, fn, self._stop)
+        worker.moveToThread(thread)
+        thread.started.connect(worker.run)
+        worker.progressed.connect(self.progressed)
+        worker.done.connect(self._on_done)
+        thread.finished.connect(self._on_thread_finished)
+        self._thread, self._worker = thread, worker
+        _THREADS.add(thread)
+        thread.start()
+
+    def cancel(self, reason: str = "cancelled by the user") -> None:
+        """Ask the running task to stop at its next safe point."""
+        if self._stop is not None:
+            self._stop.request(reason)
+
+    @Slot(object)
+    def _on_done(self, outcome: TaskOutcome) -> None:
+        self._outcome = outcome
+
+    @Slot()
+    def _on_thread_finished(self) -> None:
+        outcome = self._outcome or TaskOutcome(self.name, error="the task ended without a result")
+        self._thread = None
+        self._worker = None
+        self.finished.emit(outcome)
+
+    def shutdown(self, timeout_ms: int) -> bool:
+        """Cancel and wait for the task; True when no thread is left running."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self.cancel("the window is closing")
+        ok = thread.wait(max(0, int(timeout_ms)))
+        if ok:
+            # The queued done/finished signals may not have been delivered; clean up here.
+            self._thread = None
+            self._worker = None
+        return ok

@@ -1,0 +1,179 @@
+"""Chat page: both panes stream at once, Stop drops stale tokens, export, open_checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+pytestmark = pytest.mark.gui
+
+
+def make_adapter_run(workspace: Path, model_dir: Path, name: str = "tiny-run", steps=(2, 4),
+                     losses=(3.0, 2.5, 2.2, 2.0), lr=2e-4, seed: int = 1) -> Path:
+    """A run folder as core.training writes it: config, metrics, status, checkpoints and a LoRA final/.
+
+    The LoRA B matrices are randomised so the fine-tuned side answers differently from the base.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.config import RunConfig
+    from core.runs import create_run_dir, write_status
+
+    cfg = RunConfig(name=name)
+    cfg.model.name_or_path = str(model_dir)
+    cfg.training.learning_rate = lr
+    cfg.training.max_steps = max(steps)
+    run_dir = create_run_dir(workspace, name)
+    cfg.save(run_dir / "config.yaml")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query_key_value"],
+                                                  task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for param_name, param in peft_model.named_parameters():
+            if "lora_B" in param_name:
+                param.normal_(0, 0.5)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    for step in steps:
+        folder = run_dir / "checkpoints" / f"checkpoint-{step}"
+        peft_model.save_pretrained(folder)
+        (folder / "COMPLETE").write_text("ok")
+    peft_model.save_pretrained(run_dir / "final")
+    tokenizer.save_pretrained(run_dir / "final")
+    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as handle:
+        for step, loss in enumerate(losses, 1):
+            handle.write(json.dumps({"kind": "train", "step": step, "loss": loss, "learning_rate": lr * step / 4,
+                                     "time": time.time()}) + "\n")
+            if step % 2 == 0:
+                handle.write(json.dumps({"kind": "eval", "step": step, "eval_loss": loss + 0.3}) + "\n")
+    write_status(run_dir, state="finished", pid=None, global_step=max(steps), total_steps=max(steps),
+                 best_eval_loss=min(losses) + 0.3, started=time.time() - 30, ended=time.time())
+    return run_dir
+
+
+@pytest.fixture()
+def thread_guard(monkeypatch):
+    """Fail a test that leaves a QThread running (every QThread.start is recorded)."""
+    from PySide6.QtCore import QThread
+
+    started: list = []
+    original = QThread.start
+
+    def recording_start(self, *args):
+        started.append(self)
+        return original(self, *args)
+
+    monkeypatch.setattr(QThread, "start", recording_start)
+    yield started
+    left = [t for t in started if t.isRunning()]
+    for thread in left:  # do not poison later tests: stop them, then fail
+        thread.quit()
+        thread.wait(10000)
+    assert not left, f"threads left running: {[t.objectName() for t in left]}"
+
+
+@pytest.fixture()
+def workspace(tmp_path, isolated_home):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture()
+def chat_page(qtbot, workspace, tiny_model_dir, thread_guard):
+    from gui.pages.chat_page import ChatPage
+    from gui.state import StudioState
+
+    make_adapter_run(workspace, tiny_model_dir)
+    state = StudioState(workspace=workspace)
+    state.config.model.name_or_path = str(tiny_model_dir)
+    page = ChatPage(state)
+    qtbot.addWidget(page)
+    page.max_tokens_spin.setValue(24)
+    yield page
+    assert page.shutdown(20000)
+
+
+def _wait_idle(qtbot, page, timeout=30000):
+    qtbot.waitUntil(lambda: not page.is_busy, timeout=timeout)
+
+
+def test_both_panes_stream_at_the_same_time(qtbot, chat_page):
+    page = chat_page
+    assert page.run_combo.currentData() is not None  # newest run preselected
+    arrivals = {"base": [], "tuned": []}
+    for side in arrivals:
+        page._thread_for(side).worker.tokenArrived.connect(
+            lambda chunk, _s=side: arrivals[chunk.side].append(time.perf_counter()))
+    page.send("What is the capital of France?")
+    _wait_idle(qtbot, page)
+    base_text = page.panes["base"].text()
+    tuned_text = page.panes["tuned"].text()
+    turn = page._turns[-1]
+    assert turn.answers["base"] and turn.answers["tuned"]
+    assert turn.answers["base"] != turn.answers["tuned"]  # the adapter is really applied
+    assert turn.answers["base"] in base_text and turn.answers["tuned"] in tuned_text
+    assert len(arrivals["base"]) > 1 and len(arrivals["tuned"]) > 1  # streamed piece by piece
+    # Concurrent: each pane got its first token before the other pane's last one.
+    assert arrivals["base"][0] < arrivals["tuned"][-1] and arrivals["tuned"][0] < arrivals["base"][-1]
+    assert set(page.timings) == {"base", "tuned"}
+    assert all(t["first_token_seconds"] > 0 for t in page.timings.values())
+
+
+def test_stop_drops_stale_tokens(qtbot, chat_page):
+    page = chat_page
+    page.max_tokens_spin.setValue(400)
+    first_id = page.send("Who wrote Hamlet?")
+    qtbot.waitUntil(lambda: all(page._turns[-1].answers[s] for s in ("base", "tuned")), timeout=30000)
+    page.stop()
+    assert not page.is_busy
+    stale = []
+    page._thread_for("base").worker.tokenArrived.connect(
+        lambda chunk: stale.append(chunk) if chunk.generation_id == first_id else None)
+    page.new_conversation()
+    page.max_tokens_spin.setValue(8)
+    second_id = page.send("What is the capital of France?")
+    assert second_id == first_id + 1
+    _wait_idle(qtbot, page)
+    qtbot.wait(200)  # let any late chunk of the first request arrive (it must be dropped)
+    for side in ("base", "tuned"):
+        text = page.panes[side].text()
+        assert "Hamlet" not in text and "[stopped]" not in text
+        assert text.count("You\n") == 1
+        assert page._turns[-1].answers[side] in text
+    assert len(page._turns) == 1
+
+
+def test_multi_turn_export_and_open_checkpoint(qtbot, chat_page, tmp_path):
+    page = chat_page
+    run_dir = page.run_combo.currentData()
+    page.open_checkpoint(run_dir, 2)
+    assert page.checkpoint_combo.currentText() == "step 2"
+    page.max_tokens_spin.setValue(6)
+    page.send("Hello")
+    _wait_idle(qtbot, page)
+    page.send("And again")
+    _wait_idle(qtbot, page)
+    messages = page._messages("tuned")
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[1]["content"] == page._turns[0].answers["tuned"]
+    data = json.loads(page.export_conversation(tmp_path / "chat.json").read_text())
+    assert [t["user"] for t in data["turns"]] == ["Hello", "And again"]
+    assert data["checkpoint"] == "step 2"
+    markdown = page.export_conversation(tmp_path / "chat.md").read_text()
+    assert "## Turn 2" in markdown and "**Fine-tuned:**" in markdown
+    with pytest.raises(ValueError):
+        page.open_checkpoint(run_dir, 999)
+
+
+def test_model_text_is_plain_text(qtbot, chat_page):
+    page = chat_page
+    pane = page.panes["base"]
+    pane.add_text("<b>not bold</b> &amp;")
+    assert "<b>not bold</b> &amp;" in pane.text()
