@@ -399,40 +399,45 @@ class ModelSession:
                 yield self.model
 
     # -- prompts ----------------------------------------------------------------------------------
-    def build_prompt(self, prompt_or_messages: str | dict | Sequence[dict], *, raw: bool = False) -> tuple[str, bool]:
-        """(prompt text, whether the tokenizer should add its special tokens).
+    def build_prompt(self, prompt_or_messages: str | dict | Sequence[dict], *,
+                     raw: bool = False) -> tuple[str, list[int]]:
+        """(prompt text, its token ids), tokenized exactly as training tokenized prompts.
 
-        A string is a question rendered with the run's template (raw text for a plain model or with
-        ``raw=True``); a record dict is rendered with the template; a list of ``{"role", "content"}``
-        messages goes through the tokenizer's chat template (multi-turn).
+        For a run, a question string, a record dict or a list of ``{"role", "content"}`` messages
+        (multi-turn) is written in the run's template (which is the model's chat template when the
+        run used ``chat``): the fine-tuned model learned that format. For a plain model (or with
+        ``raw=True``) a string is used as it is and messages go through the tokenizer's chat template.
         """
         if isinstance(prompt_or_messages, (list, tuple)):
-            return self._chat_prompt(list(prompt_or_messages)), False
-        if isinstance(prompt_or_messages, dict) or (self.run_config is not None and not raw):
-            if self.run_config is None:
-                return str(prompt_or_messages.get("question", "")), True
-            return _prompt_for(prompt_or_messages, self.run_config, self.tokenizer), True
-        return str(prompt_or_messages), True
+            messages = _check_messages(prompt_or_messages)
+            if self.run_config is not None:
+                # A closing empty assistant turn makes the template end with "answer here".
+                record = {"messages": messages + [{"role": "assistant", "content": ""}]}
+                return self._run_prompt(record)
+            if getattr(self.tokenizer, "chat_template", None):
+                text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                return text, self._encode(text, special=False)
+            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+            return text, self._encode(text, special=True)
+        if self.run_config is not None and not raw:
+            return self._run_prompt(prompt_or_messages)
+        if isinstance(prompt_or_messages, dict):
+            prompt_or_messages = str(prompt_or_messages.get("question", ""))
+        return str(prompt_or_messages), self._encode(str(prompt_or_messages), special=True)
 
-    def _chat_prompt(self, messages: list[dict]) -> str:
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or "role" not in message or "content" not in message:
-                raise ValueError(f"message {i + 1}: expected a dict with 'role' and 'content'")
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        # No chat template: write earlier turns in the run's template, then ask the last question.
-        cfg = self.run_config
-        parts, pending = [], None
-        for message in messages:
-            if message["role"] == "user":
-                pending = message["content"]
-            elif message["role"] == "assistant" and pending is not None:
-                question = _prompt_for(pending, cfg, self.tokenizer) if cfg else pending + "\n"
-                parts.append(question + message["content"])
-                pending = None
-        last = pending or ""
-        parts.append(_prompt_for(last, cfg, self.tokenizer) if cfg else last)
-        return "\n\n".join(parts)
+    def _encode(self, text: str, *, special: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def _run_prompt(self, record_or_question) -> tuple[str, list[int]]:
+        from core.data import Segment, render_segments, tokenize_segments
+
+        record = ({"question": record_or_question, "answer": ""} if isinstance(record_or_question, str)
+                  else record_or_question)
+        segments = render_segments(record, self.run_config.data, self.tokenizer, include_answer=False)
+        # Same tokenization as training (segment by segment, BOS rule), nothing marked as trained so
+        # no EOS is appended.
+        example = tokenize_segments([Segment(s.text, False) for s in segments], self.tokenizer, 10**9)
+        return "".join(s.text for s in segments), list(example.input_ids)
 
     # -- generation -------------------------------------------------------------------------------
     def generate(self, prompt_or_messages, gen_cfg: GenerationConfig | None = None, *, use_adapter: bool = True,
@@ -448,12 +453,13 @@ class ModelSession:
 
         gen_cfg = gen_cfg or (self.run_config.generation if self.run_config else GenerationConfig())
         started = time.perf_counter()
-        prompt, add_special = self.build_prompt(prompt_or_messages, raw=raw)
-        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special)
+        prompt, prompt_ids = self.build_prompt(prompt_or_messages, raw=raw)
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
         with self.model_for(use_adapter) as model:
             device = next(model.parameters()).device
-            input_ids = encoded["input_ids"].to(device)
-            attention_mask = encoded["attention_mask"].to(device)
+            input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+            attention_mask = torch.ones_like(input_ids)  # one unpadded sequence: every token is real
             streamer = _TokenStreamer(self.tokenizer, gen_cfg.stop_strings or [], on_token or (lambda piece: None))
             kwargs = _generation_kwargs(gen_cfg, self.tokenizer, model)
             if gen_cfg.do_sample:
@@ -492,6 +498,13 @@ class ModelSession:
         cancels it.
         """
         return GenerationStream(self, prompt_or_messages, gen_cfg, use_adapter=use_adapter, stop=stop, raw=raw)
+
+
+def _check_messages(messages) -> list[dict]:
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"message {i + 1}: expected a dict with 'role' and 'content'")
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
 
 
 class GenerationStream(Iterator[str]):
@@ -551,14 +564,3 @@ class GenerationStream(Iterator[str]):
     def __del__(self):
         if getattr(self, "_thread", None) is not None and self._thread.is_alive():
             self._stop.request("stream dropped")
-
-
-def _prompt_for(record_or_question, run_config: RunConfig, tokenizer) -> str:
-    """The run's prompt (template without the answer) through core.data."""
-    try:
-        from core.data import prompt_for
-    except ImportError:  # data module not there yet: the default "classic" template
-        question = record_or_question.get("question", "") if isinstance(record_or_question, dict) \
-            else record_or_question
-        return f"### Question:\n{question}\n### Answer:\n"
-    return prompt_for(record_or_question, run_config.data, tokenizer)

@@ -37,7 +37,7 @@ def test_streaming_pieces_arrive_one_by_one_and_join_to_text(session):
     assert len(pieces) <= result.n_tokens
     assert "".join(pieces) == result.text
     assert "Question" not in result.text[:3]  # the prompt is stripped
-    assert result.prompt.startswith("### Question") or "What is the capital" in result.prompt
+    assert result.prompt == "### Question:\nWhat is the capital of France?\n### Answer:\n"
     assert result.stopped_by in ("eos", "max_tokens")
     assert result.first_token_seconds is not None and 0 < result.first_token_seconds <= result.seconds
     assert result.tokens_per_second > 0
@@ -102,8 +102,10 @@ def test_adapter_toggle_matches_plain_base_model(session, tiny_model_dir):
     with torch.no_grad(), session.model_for(use_adapter=True) as model:
         torch.testing.assert_close(model(**ids).logits, tuned, rtol=0, atol=0)
 
-    prompt, _ = session.build_prompt("Who wrote Hamlet?")
+    prompt, prompt_ids = session.build_prompt("Who wrote Hamlet?")
+    assert prompt == "### Question:\nWho wrote Hamlet?\n### Answer:\n"
     encoded = session.tokenizer(prompt, return_tensors="pt")
+    assert encoded["input_ids"][0].tolist() == prompt_ids
     with torch.no_grad():
         out = plain.generate(**encoded, max_new_tokens=10, do_sample=False, pad_token_id=session.tokenizer.pad_token_id)
     expected = session.tokenizer.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -133,15 +135,22 @@ def test_checkpoint_selection_and_plain_model(lora_run, tiny_model_dir, session)
     assert result.n_tokens >= 1
 
 
-def test_messages_use_the_chat_template(session):
+def test_messages_use_the_run_template_or_the_chat_template(session, tiny_model_dir):
+    from core.generation import ModelSession
+
     messages = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello"},
         {"role": "user", "content": "Who wrote Hamlet?"},
     ]
+    # A run answers in the format it was trained on (here the classic template), turn by turn.
     result = session.generate(messages, greedy(4))
-    assert result.prompt.endswith("<|im_start|>assistant\n")
-    assert "<|im_start|>user\nHi<|im_end|>" in result.prompt
+    assert result.prompt == "### Question:\nHi\n### Answer:\nHello\n\n### Question:\nWho wrote Hamlet?\n### Answer:\n"
+    # A plain model uses the tokenizer's chat template.
+    plain = ModelSession(str(tiny_model_dir), device="cpu")
+    text, ids = plain.build_prompt(messages)
+    assert text.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nHi<|im_end|>" in text
+    assert plain.tokenizer.decode(ids) == text
     with pytest.raises(ValueError, match="message 1"):
         session.generate([{"content": "no role"}], greedy(2))
 
