@@ -1,0 +1,159 @@
+"""CLI: ``train``, ``resume`` and ``runs``.
+
+    python main.py train --config examples/quickstart.yaml
+    python main.py train --model bundled:SmolLM2-135M-Instruct --data sample:trivia --method lora --max-steps 60
+    python main.py resume RUN_DIR [--checkpoint N]
+    python main.py runs [--workspace DIR]
+
+Ctrl+C during training asks the run to stop at the next step (a checkpoint is saved, the run can be
+resumed); a second Ctrl+C aborts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from core.cancel import StopToken
+from core.config import RunConfig
+
+# (flag, dotted config field) for the shortcut flags of `train`
+_FLAG_FIELDS = (
+    ("model", "model.name_or_path"),
+    ("data", "data.source"),
+    ("method", "method.method"),
+    ("max_steps", "training.max_steps"),
+    ("learning_rate", "training.learning_rate"),
+    ("epochs", "training.num_epochs"),
+    ("batch_size", "training.batch_size"),
+)
+
+
+def register(subparsers) -> None:
+    """Add the train, resume and runs sub-commands."""
+    p = subparsers.add_parser("train", help="fine-tune a model (headless)",
+                              description="Fine-tune a model. Settings come from --config, then the flags, "
+                                          "then --set (later ones win).")
+    p.add_argument("--config", metavar="FILE", help="a run configuration YAML (e.g. examples/quickstart.yaml)")
+    p.add_argument("--model", help="base model: bundled:SmolLM2-135M-Instruct, a folder, or a Hub id")
+    p.add_argument("--data", help="dataset: a file, a folder, a Hub id, or sample:<topic>")
+    p.add_argument("--method", choices=("lora", "full", "prefix", "qlora"))
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--output", metavar="DIR", help="workspace folder holding the runs (default: the app's)")
+    p.add_argument("--name", help="run name (the folder name)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="any setting, e.g. --set training.eval_steps=10 (repeatable)")
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("resume", help="continue a stopped or interrupted run",
+                              description="Continue a run from its latest (or the chosen) complete checkpoint.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--checkpoint", type=int, metavar="N", help="resume from checkpoint-N instead of the latest")
+    p.set_defaults(func=run_resume)
+
+    p = subparsers.add_parser("runs", help="list training runs", description="List the runs of a workspace.")
+    p.add_argument("--workspace", metavar="DIR", help="workspace folder (default: the app's)")
+    p.set_defaults(func=run_list)
+
+
+def build_config(args) -> RunConfig:
+    """The RunConfig from --config, the shortcut flags and --set, in that order."""
+    from core.config import ConfigError
+
+    cfg = RunConfig.load(args.config) if args.config else RunConfig()
+    for flag, dotted in _FLAG_FIELDS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            cfg.set_value(dotted, value)
+    if getattr(args, "name", None):
+        cfg.name = args.name
+    for item in getattr(args, "set", None) or []:
+        dotted, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(dotted or item, "--set expects SECTION.FIELD=VALUE, e.g. training.eval_steps=10")
+        cfg.set_value(dotted.strip(), value)
+    return cfg
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(stop: StopToken):
+    """First Ctrl+C: request a stop at the next step. Second: abort (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.is_set:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        stop.request("stopped with Ctrl+C")
+        print("\nstopping after this step and saving a checkpoint (Ctrl+C again to abort)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _report(result) -> int:
+    print(f"run folder: {result.run_dir}")
+    print(f"{result.state}: {result.message}")
+    if result.final_dir is not None:
+        print(f"final model: {result.final_dir}")
+    return 0 if result.state == "finished" else 130
+
+
+def run_train(args) -> int:
+    from core.metrics import ConsoleSink
+    from core.training import train
+
+    cfg = build_config(args)
+    cfg.validate()
+    stop = StopToken()
+    with stop_on_ctrl_c(stop):
+        result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[ConsoleSink()], stop=stop)
+    return _report(result)
+
+
+def run_resume(args) -> int:
+    from core.metrics import ConsoleSink
+    from core.training import resume
+
+    stop = StopToken()
+    with stop_on_ctrl_c(stop):
+        result = resume(Path(args.run_dir), checkpoint=args.checkpoint, sinks=[ConsoleSink()], stop=stop)
+    return _report(result)
+
+
+def format_runs_table(summaries) -> str:
+    """The `runs` table: name, status, steps, best eval loss, method, date."""
+    header = ("NAME", "STATUS", "STEPS", "BEST EVAL", "METHOD", "DATE")
+    rows = [header]
+    for run in summaries:
+        steps = f"{run.global_step}/{run.total_steps}" if run.total_steps else str(run.global_step)
+        best = f"{run.best_eval_loss:.4f}" if run.best_eval_loss is not None else "-"
+        date = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)) if run.created else "-"
+        rows.append((run.path.name, run.state, steps, best, run.method, date))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def run_list(args) -> int:
+    from core.paths import default_workspace
+    from core.runs import list_runs
+
+    workspace = Path(args.workspace) if args.workspace else default_workspace()
+    summaries = list_runs(workspace)
+    if not summaries:
+        print(f"no runs in {workspace}")
+        return 0
+    print(format_runs_table(summaries))
+    return 0

@@ -1,0 +1,614 @@
+"""Training: configure the ``transformers`` Trainer (with ``peft``), observe it, save a run folder.
+
+The recipe reads top to bottom: set up the run folder -> tokenizer and data -> model and method ->
+TrainingArguments (``core.hf_args``) -> Trainer with one observing callback -> train -> save final/.
+Our code never re-implements the loop; it only turns the Trainer's events into ``core.metrics`` objects,
+honours the stop token at step boundaries, and turns failures into messages a user can act on.
+torch/transformers are imported inside functions so the GUI starts without them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core import runs
+from core.cancel import StopToken
+from core.config import ConfigError, RunConfig, atomic_write_text
+from core.errors import Cancelled, StudioError, TrainingError
+from core.metrics import MetricPoint, MetricsSink, StatusEvent
+
+OOM_ADVICE = (
+    "Try a smaller batch size with more gradient accumulation (same effective batch), turn on gradient "
+    "checkpointing, shorten the max length, or use LoRA instead of full fine-tuning."
+)
+
+
+@dataclass
+class RunResult:
+    """How a training call ended."""
+
+    run_dir: Path
+    state: str  # finished | stopped | failed
+    global_step: int
+    final_dir: Path | None
+    best_checkpoint: Path | None
+    best_eval_loss: float | None
+    message: str
+
+
+# --------------------------------------------------------------------------------------------- batching
+class PadToLongestCollator:
+    """Pads each batch to its own longest example (never to max_length): ``input_ids`` with the pad id,
+    ``labels`` with -100 (ignored by the loss), ``attention_mask`` with 0. Right padding, as causal-LM
+    training expects. Extra columns (e.g. ``length``) are dropped."""
+
+    def __init__(self, pad_token_id: int, label_pad_id: int = -100):
+        if pad_token_id is None:
+            raise ConfigError("model.name_or_path", "the tokenizer has no pad token (load_tokenizer sets one)")
+        self.pad_token_id = int(pad_token_id)
+        self.label_pad_id = label_pad_id
+
+    def __call__(self, features: Sequence[dict]) -> dict:
+        import torch
+
+        longest = max(len(feature["input_ids"]) for feature in features)
+        input_ids, labels, attention = [], [], []
+        for feature in features:
+            ids = list(feature["input_ids"])
+            pad = longest - len(ids)
+            mask = list(feature.get("attention_mask") or [1] * len(ids))
+            label = list(feature["labels"]) if feature.get("labels") is not None else list(ids)
+            input_ids.append(ids + [self.pad_token_id] * pad)
+            attention.append(mask + [0] * pad)
+            labels.append(label + [self.label_pad_id] * pad)
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "attention_mask": torch.tensor(attention, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _emit_metric(sinks: Iterable[MetricsSink], point: MetricPoint) -> None:
+    for sink in sinks:
+        sink.on_metric(point)
+
+
+def _emit_status(sinks: Iterable[MetricsSink], event: StatusEvent) -> None:
+    for sink in sinks:
+        sink.on_status(event)
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number
+
+
+def _memory_snapshot(device: Any) -> dict:
+    """Memory use now (core.devices.memory_snapshot: RSS, CUDA allocated/reserved/peak) plus the
+    process's peak RSS, which is what bounds a CPU run."""
+    from core.devices import memory_snapshot
+
+    snapshot = dict(memory_snapshot(device))
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # Linux reports KiB, macOS bytes.
+        snapshot["peak_rss_bytes"] = int(peak if sys.platform == "darwin" else peak * 1024)
+    except ImportError:  # Windows has no resource module: the current RSS stands in
+        pass
+    return snapshot
+
+
+def _peak_bytes(snapshot: dict) -> int | None:
+    for key in ("cuda_peak_bytes", "peak_rss_bytes", "rss_bytes"):
+        value = snapshot.get(key)
+        if isinstance(value, (int, float)) and value > 0:
+            return int(value)
+    return None
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def environment_info(device: Any = None) -> dict:
+    """Versions and hardware of this machine, for environment.json (no git, no user data)."""
+    info: dict = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": str(getattr(device, "name", device)) if device is not None else None,
+        "device_kind": getattr(device, "kind", None),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    from importlib import metadata
+
+    for package in ("torch", "transformers", "peft", "datasets", "accelerate", "tokenizers", "bitsandbytes"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = None
+    try:
+        import torch
+
+        info["cuda"] = torch.version.cuda
+        info["cuda_available"] = torch.cuda.is_available()
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def _check_reporting(cfg: RunConfig) -> None:
+    import importlib.util
+
+    target = cfg.training.report_to
+    package = {"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(target)
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError("training.report_to",
+                          f"{target} is not installed: `pip install {package}` or set it to none")
+
+
+def _check_method_supported(cfg: RunConfig, device: Any) -> None:
+    """QLoRA needs CUDA + bitsandbytes; say so before anything heavy is loaded."""
+    if cfg.method.method != "qlora":
+        return
+    kind = getattr(device, "kind", str(device))
+    if kind != "cuda":
+        raise ConfigError("method.method",
+                          f"QLoRA (4-bit) needs an NVIDIA GPU with CUDA, but this run would train on {kind}. "
+                          "Pick `lora` instead: same adapters, full-precision base model.")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("method.method", "QLoRA needs the bitsandbytes package: `pip install bitsandbytes`")
+
+
+def _device_string(device: Any) -> str:
+    kind = getattr(device, "kind", None)
+    if kind is None:
+        return str(device)
+    index = getattr(device, "index", None)
+    return f"{kind}:{index}" if kind == "cuda" and index is not None else kind
+
+
+def _planned_steps(args: Any, n_train: int) -> int:
+    """Optimizer steps the Trainer will run (max_steps, else epochs x batches per epoch)."""
+    if args.max_steps and args.max_steps > 0:
+        return int(args.max_steps)
+    batches = math.ceil(n_train / max(1, args.per_device_train_batch_size * max(1, args.world_size)))
+    per_epoch = max(1, math.ceil(batches / max(1, args.gradient_accumulation_steps)))
+    return int(math.ceil(args.num_train_epochs * per_epoch))
+
+
+# --------------------------------------------------------------------------------------------- callback
+def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir: Path, device: Any,
+                   prior_elapsed: float):
+    """The one TrainerCallback turning Trainer events into MetricPoint / StatusEvent objects."""
+    from transformers import TrainerCallback
+
+    class StudioCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.stopped_by_user = False
+            self.nan_step: int | None = None
+            self.nan_what = ""
+            self.best_eval_loss: float | None = None
+            self.total_steps = 0
+            self.session_start = time.time()
+            self.session_first_step = 0
+            self.last_step_time: float | None = None
+            self.seconds_per_step: float | None = None
+            self.last_tokens = 0
+            self.last_tokens_time: float | None = None
+            self.tokens_per_second: float | None = None
+            self.eval_in_between = False
+            self.paused_seconds = 0.0  # evaluation time since the last train log, kept out of tokens/s
+            self.last_status_write = 0.0
+
+        # -- timing ---------------------------------------------------------------------------
+        def elapsed(self) -> float:
+            return prior_elapsed + (time.time() - self.session_start)
+
+        def eta(self, step: int) -> float | None:
+            done = step - self.session_first_step
+            if done <= 0 or not self.total_steps:
+                return None
+            # Wall time per step of this session, evaluations and saves included: an honest ETA.
+            per_step = (time.time() - self.session_start) / done
+            return max(0.0, (self.total_steps - step) * per_step)
+
+        # -- events ---------------------------------------------------------------------------
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.total_steps = int(state.max_steps or self.total_steps or 0)
+            self.session_start = time.time()
+            self.session_first_step = int(state.global_step)
+            self.last_tokens = int(state.num_input_tokens_seen or 0)
+            self.last_tokens_time = self.session_start
+            self.last_step_time = self.session_start
+            runs.write_status(run_dir, state="running", global_step=int(state.global_step),
+                              total_steps=self.total_steps, message="training")
+            _emit_status(sinks, StatusEvent("running", f"training {self.total_steps} steps",
+                                            step=int(state.global_step)))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.time()
+            if self.last_step_time is not None and not self.eval_in_between:
+                interval = now - self.last_step_time
+                # Smooth per-step times so the display does not jitter.
+                self.seconds_per_step = (interval if self.seconds_per_step is None
+                                         else 0.7 * self.seconds_per_step + 0.3 * interval)
+            self.last_step_time = now
+            self.eval_in_between = False
+            if stop is not None and stop.is_set and not self.stopped_by_user:
+                self.stopped_by_user = True
+                control.should_training_stop = True
+                control.should_save = True  # stop always leaves a resumable checkpoint
+            return control
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.eval_in_between = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            step = int(state.global_step)
+            tokens = int(state.num_input_tokens_seen or 0)
+            snapshot = _memory_snapshot(device)
+            common = dict(step=step, total_steps=self.total_steps or int(state.max_steps or 0),
+                          epoch=_finite(logs.get("epoch", state.epoch)), tokens_trained=tokens,
+                          elapsed_seconds=self.elapsed(), peak_memory_bytes=_peak_bytes(snapshot),
+                          memory=snapshot)
+            if "eval_loss" in logs:
+                self.paused_seconds += float(logs.get("eval_runtime") or 0.0)
+                eval_loss = _finite(logs["eval_loss"])
+                if eval_loss is not None and math.isfinite(eval_loss) and step > 0:
+                    if self.best_eval_loss is None or eval_loss < self.best_eval_loss:
+                        self.best_eval_loss = eval_loss
+                point = MetricPoint(kind="eval", eval_loss=eval_loss, eta_seconds=self.eta(step),
+                                    seconds_per_step=self.seconds_per_step,
+                                    tokens_per_second=self.tokens_per_second, **common)
+                _emit_metric(sinks, point)
+                return control
+            if "loss" not in logs:
+                return control  # the end-of-training summary (train_runtime, ...)
+            now = time.time()
+            busy = (now - self.last_tokens_time - self.paused_seconds) if self.last_tokens_time is not None else 0.0
+            if busy > 0 and tokens >= self.last_tokens:
+                self.tokens_per_second = (tokens - self.last_tokens) / busy
+            self.last_tokens, self.last_tokens_time, self.paused_seconds = tokens, now, 0.0
+            loss = _finite(logs.get("loss"))
+            grad_norm = _finite(logs.get("grad_norm"))
+            point = MetricPoint(kind="train", loss=loss, learning_rate=_finite(logs.get("learning_rate")),
+                                grad_norm=grad_norm, tokens_per_second=self.tokens_per_second,
+                                seconds_per_step=self.seconds_per_step, eta_seconds=self.eta(step), **common)
+            _emit_metric(sinks, point)
+            if loss is None or not math.isfinite(loss):
+                # The weights are already poisoned: stop here and do not save or evaluate them.
+                self.nan_step = step
+                self.nan_what = f"loss {loss}"
+                control.should_training_stop = True
+                control.should_save = False
+                control.should_evaluate = False
+            elif now - self.last_status_write > 2.0:
+                self.last_status_write = now
+                runs.write_status(run_dir, global_step=step, total_steps=self.total_steps,
+                                  train_seconds=self.elapsed())
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = run_dir / runs.CHECKPOINTS_DIR / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                # Written only now, after the Trainer finished every file of the checkpoint.
+                atomic_write_text(folder / runs.COMPLETE_MARKER, f"{time.time()}\n")
+            best = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
+            runs.write_status(run_dir, global_step=int(state.global_step), total_steps=self.total_steps,
+                              last_checkpoint=folder.name, best_checkpoint=best,
+                              best_eval_loss=self.best_eval_loss, train_seconds=self.elapsed())
+            return control
+
+    return StudioCallback()
+
+
+# --------------------------------------------------------------------------------------------- public API
+def train(cfg: RunConfig, *, workspace: str | os.PathLike | None = None, run_dir: str | os.PathLike | None = None,
+          sinks: Sequence[MetricsSink] = (), stop: StopToken | None = None,
+          extra_callbacks: Sequence[Any] = ()) -> RunResult:
+    """Train ``cfg`` in a new run folder (``run_dir``, or a new folder in ``workspace``).
+
+    Returns a RunResult for finished and stopped runs; raises TrainingError (out of memory, NaN loss,
+    disk full), ModelError, DataError or ConfigError after recording ``failed`` in status.json."""
+    cfg = cfg.copy()
+    cfg.validate()
+    _check_reporting(cfg)
+    if run_dir is None:
+        from core.paths import default_workspace
+
+        name = cfg.name or f"{cfg.method.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = runs.create_run_dir(Path(workspace) if workspace else default_workspace(), name)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.name:
+        cfg.name = run_dir.name
+    cfg.save(run_dir / runs.CONFIG_FILE)
+    now = time.time()
+    runs.write_status(run_dir, state="running", message="starting", global_step=0, total_steps=0,
+                      created=now, started=now, ended=None, train_seconds=0.0)
+    return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=None)
+
+
+def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: int | str | os.PathLike | None = None) -> Path:
+    """The complete checkpoint to resume from: the latest, a step number, or a folder."""
+    run_dir = Path(run_dir)
+    complete = runs.list_checkpoints(run_dir)
+    if checkpoint is None:
+        if not complete:
+            raise TrainingError(f"{run_dir}: no complete checkpoint to resume from; start the run again "
+                                "(checkpoints are written every `training.save_steps` steps)")
+        return complete[-1][1]
+    if isinstance(checkpoint, int) or (isinstance(checkpoint, str) and checkpoint.isdigit()):
+        wanted = int(checkpoint)
+        for step, path in complete:
+            if step == wanted:
+                return path
+        steps = ", ".join(str(step) for step, _ in complete) or "none"
+        raise TrainingError(f"{run_dir}: no complete checkpoint at step {wanted} (complete ones: {steps})")
+    path = Path(checkpoint)
+    if not (path / runs.COMPLETE_MARKER).is_file():
+        raise TrainingError(f"{path}: not a complete checkpoint (no {runs.COMPLETE_MARKER} marker)")
+    return path
+
+
+def resume(run_dir: str | os.PathLike, *, checkpoint: int | str | os.PathLike | None = None,
+           sinks: Sequence[MetricsSink] = (), stop: StopToken | None = None,
+           extra_callbacks: Sequence[Any] = ()) -> RunResult:
+    """Continue a stopped or interrupted run from its latest (or the chosen) complete checkpoint,
+    with the optimizer, scheduler and random-number state saved there."""
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise TrainingError(f"{run_dir}: not a run folder (no {runs.CONFIG_FILE})")
+    status = runs.read_status(run_dir)
+    if status.get("state") == "running":
+        raise TrainingError(f"{run_dir}: this run is still training (process {status.get('pid')})")
+    if status.get("state") == "finished":
+        raise TrainingError(f"{run_dir}: this run already finished; start a new run to train further")
+    cfg = runs.load_run_config(run_dir)
+    start_from = resolve_checkpoint(run_dir, checkpoint)
+    runs.write_status(run_dir, state="running", message=f"resuming from {start_from.name}", ended=None)
+    return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=start_from,
+                prior_elapsed=float(status.get("train_seconds") or 0.0))
+
+
+def _fail(run_dir: Path, sinks: Sequence[MetricsSink], message: str, step: int | None) -> None:
+    try:
+        runs.write_status(run_dir, state="failed", message=message, ended=time.time(),
+                          **({"global_step": step} if step is not None else {}))
+    except OSError:  # a full disk may refuse even this small file; the raised error still tells the user
+        pass
+    try:
+        _emit_status(sinks, StatusEvent("failed", message, step=step))
+    except OSError:
+        pass
+
+
+def _remove_incomplete_checkpoints(run_dir: Path) -> None:
+    """Delete checkpoint folders without COMPLETE (half-written by a failed save): they free space and
+    can never be resumed from."""
+    folder = run_dir / runs.CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if runs.checkpoint_step(child) is not None and not (child / runs.COMPLETE_MARKER).exists():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: StopToken | None,
+         extra_callbacks: Sequence[Any], resume_from: Path | None, prior_elapsed: float = 0.0) -> RunResult:
+    from core.metrics import JsonlSink
+
+    all_sinks: list[MetricsSink] = [JsonlSink(run_dir / runs.METRICS_FILE), *sinks]
+    try:
+        return _train_steps(cfg, run_dir, all_sinks, stop, extra_callbacks, resume_from, prior_elapsed)
+    except Cancelled as exc:
+        # Stopped before training began (tokenizing, loading): nothing to save.
+        message = f"stopped before training started ({exc})"
+        runs.write_status(run_dir, state="stopped", message=message, ended=time.time())
+        _emit_status(all_sinks, StatusEvent("stopped", message))
+        return RunResult(run_dir, "stopped", 0, None, None, None, message)
+    except _NanLoss as exc:
+        _fail(run_dir, all_sinks, str(exc), exc.step)
+        raise TrainingError(str(exc)) from None
+    except StudioError as exc:
+        _fail(run_dir, all_sinks, str(exc), None)
+        raise
+    except KeyboardInterrupt:
+        last = runs.latest_checkpoint(run_dir)
+        message = ("aborted (second Ctrl+C); " + (f"resume from {last.name}" if last else "no checkpoint was saved"))
+        runs.write_status(run_dir, state="stopped", message=message, ended=time.time())
+        _emit_status(all_sinks, StatusEvent("stopped", message))
+        raise
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            message = f"out of memory while training ({type(exc).__name__}). {OOM_ADVICE}"
+            _fail(run_dir, all_sinks, message, None)
+            raise TrainingError(message) from exc
+        if _is_disk_full(exc):
+            _remove_incomplete_checkpoints(run_dir)
+            last = runs.latest_checkpoint(run_dir)
+            message = (f"the disk is full (while writing into {run_dir}). Free some space, or lower "
+                       "`training.save_total_limit`; " +
+                       (f"the previous checkpoint {last.name} is intact and can be resumed."
+                        if last else "no earlier checkpoint exists."))
+            _fail(run_dir, all_sinks, message, None)
+            raise TrainingError(message) from exc
+        _fail(run_dir, all_sinks, f"{type(exc).__name__}: {exc}", None)
+        raise
+
+
+class _NanLoss(Exception):
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], stop: StopToken | None,
+                 extra_callbacks: Sequence[Any], resume_from: Path | None, prior_elapsed: float) -> RunResult:
+    """The linear recipe: device -> data -> model -> arguments -> Trainer -> train -> save."""
+    from core.devices import pick_device
+    from core.hf_args import apply_method, training_arguments
+
+    device = pick_device(cfg.training.device)
+    _check_method_supported(cfg, device)
+    atomic_write_text(run_dir / runs.ENVIRONMENT_FILE, json.dumps(environment_info(device), indent=2) + "\n")
+
+    def progress(fraction: float | None, message: str) -> None:
+        _emit_status(sinks, StatusEvent("running", message, fraction=fraction))
+
+    # -- tokenizer and data ---------------------------------------------------------------------
+    from core.data import prepare_dataset
+    from core.models import load_model, load_tokenizer
+
+    progress(None, "loading the tokenizer")
+    tokenizer = load_tokenizer(cfg.model)
+    if stop is not None:
+        stop.raise_if_set()
+    prepared = prepare_dataset(cfg.data, tokenizer, cfg.training.max_length, stop=stop, progress=progress)
+    train_dataset = prepared.train
+    if len(train_dataset) == 0:
+        raise TrainingError(f"{cfg.data.source}: no training examples left after preparing the data")
+    eval_dataset = prepared.test if prepared.test is not None and len(prepared.test) > 0 else None
+    if eval_dataset is not None and cfg.training.max_eval_examples > 0:
+        eval_dataset = eval_dataset.select(range(min(cfg.training.max_eval_examples, len(eval_dataset))))
+    if cfg.training.group_by_length and "length" not in train_dataset.column_names:
+        # Precomputed lengths (from the Arrow offsets, no Python loop) spare the Trainer's length-grouped
+        # sampler a pass over every example at start-up.
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(train_dataset.data.column("input_ids")).to_pylist()
+        train_dataset = train_dataset.add_column("length", lengths)
+    if stop is not None:
+        stop.raise_if_set()
+
+    # -- model and method -----------------------------------------------------------------------
+    import transformers
+    from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback, Trainer
+
+    progress(None, "loading the model")
+    # Seed before the adapter is created so LoRA's random initialisation is reproducible.
+    transformers.set_seed(cfg.training.seed)
+    model = load_model(cfg.model, device=_device_string(device), quantize_4bit=cfg.method.method == "qlora")
+    model = apply_method(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing)
+    if stop is not None:
+        stop.raise_if_set()
+
+    overrides: dict[str, Any] = {
+        # Our console/GUI sinks replace the Trainer's tqdm bar and its printing of log dicts.
+        "disable_tqdm": True,
+        # A NaN loss must reach our callback, not be replaced by an average of previous losses.
+        "logging_nan_inf_filter": False,
+        "include_num_input_tokens_seen": "non_padding",
+        # Our collator picks its columns; the Trainer's signature inspection is unreliable with peft.
+        "remove_unused_columns": False,
+        # The step-0 evaluation is done below, before train(), so the data order does not depend on it
+        # and a resumed run does not evaluate again.
+        "eval_on_start": False,
+    }
+    args = training_arguments(cfg, str(run_dir / runs.CHECKPOINTS_DIR), device,
+                              eval_available=eval_dataset is not None, **overrides)
+
+    studio_callback = _make_callback(sinks, stop, run_dir, device, prior_elapsed)
+    studio_callback.total_steps = _planned_steps(args, len(train_dataset))
+    callbacks: list[Any] = [studio_callback]
+    if cfg.training.early_stopping_patience > 0 and eval_dataset is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience,
+                                               early_stopping_threshold=cfg.training.early_stopping_threshold))
+    callbacks.extend(extra_callbacks)
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                      data_collator=PadToLongestCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                      callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+    # -- train ----------------------------------------------------------------------------------
+    if resume_from is None and eval_dataset is not None and cfg.training.eval_before_training:
+        progress(None, "measuring the base model's eval loss (step 0)")
+        trainer.evaluate()
+    if stop is not None:
+        stop.raise_if_set()
+    # Same seed right before train() in a fresh and a resumed run: the shuffling (and length grouping)
+    # of the first epoch is identical, so the Trainer's skipping of seen batches lands on the same data.
+    transformers.set_seed(cfg.training.seed)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    state = trainer.state
+    step = int(state.global_step)
+    best_checkpoint = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
+    best_eval = studio_callback.best_eval_loss
+    if studio_callback.nan_step is not None:
+        last = runs.latest_checkpoint(run_dir)
+        raise _NanLoss(
+            f"the training loss became not-a-number at step {studio_callback.nan_step} ({studio_callback.nan_what}): "
+            f"training stopped there. Lower the learning rate (now {cfg.training.learning_rate:g}; try 3-10x "
+            f"smaller) or keep gradient clipping on"
+            + (f"; the last good checkpoint is {last.name}." if last else "."),
+            studio_callback.nan_step)
+    if studio_callback.stopped_by_user:
+        last = runs.latest_checkpoint(run_dir)
+        message = (f"stopped at step {step}" + (f"; resume from {last.name}" if last else ""))
+        runs.write_status(run_dir, state="stopped", message=message, global_step=step, ended=time.time(),
+                          best_checkpoint=best_checkpoint.name if best_checkpoint else None,
+                          best_eval_loss=best_eval, train_seconds=studio_callback.elapsed())
+        _emit_status(sinks, StatusEvent("stopped", message, step=step))
+        return RunResult(run_dir, "stopped", step, None, best_checkpoint, best_eval, message)
+
+    # -- save final/ ----------------------------------------------------------------------------
+    progress(None, "saving the final model")
+    final_dir = run_dir / runs.FINAL_DIR
+    partial = run_dir / (runs.FINAL_DIR + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trainer.save_model(str(partial))  # adapter (peft) or full model, plus the tokenizer
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(partial, final_dir)
+    early = step < int(state.max_steps or step)
+    message = (f"finished at step {step}" + (" (early stopping: the eval loss stopped improving)" if early else "")
+               + (f"; best eval loss {best_eval:.4f} at {best_checkpoint.name}" if best_eval is not None
+                  and best_checkpoint else ""))
+    runs.write_status(run_dir, state="finished", message=message, global_step=step, ended=time.time(),
+                      best_checkpoint=best_checkpoint.name if best_checkpoint else None,
+                      best_eval_loss=best_eval, train_seconds=studio_callback.elapsed(), final_dir=runs.FINAL_DIR)
+    _emit_status(sinks, StatusEvent("finished", message, step=step, fraction=1.0))
+    return RunResult(run_dir, "finished", step, final_dir, best_checkpoint, best_eval, message)

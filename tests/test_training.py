@@ -1,0 +1,330 @@
+"""Training engine on the tiny model: methods, final/ loadable by plain peft, metrics, stop/resume,
+SIGKILL recovery, failures turned into messages."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError, RunConfig
+from core.errors import ModelError, TrainingError
+from core.metrics import CallbackSink
+from core.runs import latest_checkpoint, list_checkpoints, list_runs, read_metrics, read_status
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def qa_file(tmp_path) -> Path:
+    path = tmp_path / "qa.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(30):
+            # Different lengths so that length grouping and per-batch padding matter.
+            answer = f"It is {2 * i}." + " Indeed." * (i % 4)
+            handle.write(json.dumps({"question": f"What is {i} plus {i}?", "answer": answer}) + "\n")
+    return path
+
+
+@pytest.fixture()
+def cfg(tiny_model_dir, qa_file, isolated_home) -> RunConfig:
+    cfg = RunConfig(name="tiny")
+    cfg.model.name_or_path = str(tiny_model_dir)
+    cfg.data.source = str(qa_file)
+    cfg.data.test_fraction = 0.2
+    cfg.method.method = "lora"
+    t = cfg.training
+    t.max_steps, t.batch_size, t.max_length = 6, 4, 64
+    t.eval_steps = t.save_steps = 3
+    t.learning_rate, t.warmup_ratio, t.max_eval_examples = 1e-3, 0.0, 0
+    t.device = "cpu"
+    return cfg
+
+
+def _train_records(run_dir):
+    return [r for r in read_metrics(run_dir) if r.get("kind") == "train"]
+
+
+# --------------------------------------------------------------------------------------------- batching
+def test_collator_pads_each_batch_to_its_longest_example():
+    from core.training import PadToLongestCollator
+
+    collate = PadToLongestCollator(pad_token_id=7)
+    batch = collate([
+        {"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "attention_mask": [1, 1, 1], "length": 3},
+        {"input_ids": [4, 5], "labels": [-100, 5], "attention_mask": [1, 1], "length": 2},
+    ])
+    assert set(batch) == {"input_ids", "labels", "attention_mask"}
+    assert batch["input_ids"].shape == (2, 3)  # the longest in the batch, not max_length
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 7]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, 5, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert collate([{"input_ids": [9], "labels": [9], "attention_mask": [1]}])["input_ids"].shape == (1, 1)
+
+
+# --------------------------------------------------------------------------------------------- methods
+@pytest.mark.parametrize("method", ["full", "prefix"])
+def test_method_trains_and_writes_final(cfg, tmp_path, method):
+    from core.training import train
+
+    cfg.method.method = method
+    cfg.training.max_steps = 3
+    result = train(cfg, workspace=tmp_path / "ws")
+    assert result.state == "finished" and result.global_step == 3
+    final = result.final_dir
+    assert (final / "tokenizer_config.json").is_file()
+    if method == "full":
+        assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
+    else:
+        assert json.loads((final / "adapter_config.json").read_text())["peft_type"] == "PREFIX_TUNING"
+    losses = [r["loss"] for r in _train_records(result.run_dir)]
+    assert len(losses) == 3 and all(isinstance(x, float) and math.isfinite(x) for x in losses)
+
+
+def test_lora_run_folder_metrics_and_plain_peft_loading(cfg, tmp_path):
+    """final/ of a LoRA run loads with plain transformers+peft (no app code) and gives the same logits."""
+    import torch
+    from transformers import TrainerCallback
+
+    from core.training import train
+
+    captured = {}
+
+    class Capture(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            captured["model"] = model
+
+    points, events = [], []
+    result = train(cfg, workspace=tmp_path / "ws", extra_callbacks=[Capture()],
+                   sinks=[CallbackSink(points.append, events.append)])
+    run = result.run_dir
+    assert result.state == "finished" and read_status(run)["state"] == "finished"
+    assert RunConfig.load(run / "config.yaml").to_dict() == cfg.to_dict()
+    env = json.loads((run / "environment.json").read_text())
+    assert env["torch"] and env["transformers"] and env["peft"] and env["cpu_count"]
+    assert [step for step, _ in list_checkpoints(run)] == [3, 6]
+
+    records = read_metrics(run)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals[0]["step"] == 0 and evals[0]["total_steps"] == 6  # the base model's loss starts the curve
+    assert [r["step"] for r in evals] == [0, 3, 6]
+    trains = _train_records(run)
+    assert [r["step"] for r in trains] == [1, 2, 3, 4, 5, 6]
+    tokens = [r["tokens_trained"] for r in trains]
+    assert all(b > a for a, b in zip(tokens, tokens[1:])) and tokens[0] > 0
+    last = trains[-1]
+    for key in ("learning_rate", "grad_norm", "tokens_per_second", "seconds_per_step", "peak_memory_bytes",
+                "elapsed_seconds", "epoch"):
+        assert last[key] is not None and last[key] > 0, key
+    assert last["eta_seconds"] == 0
+    assert [p.kind for p in points] == [r["kind"] for r in records if r["kind"] != "status"]
+    assert events[-1].state == "finished"
+    assert result.best_eval_loss == min(r["eval_loss"] for r in evals[1:])
+
+    # Logits of the in-app model vs. a fresh process that only knows transformers + peft.
+    model = captured["model"].eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[0].tolist()
+    script = tmp_path / "load_plain.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+        assert not any(name == "core" or name.startswith("core.") for name in sys.modules)
+        base = AutoModelForCausalLM.from_pretrained({str(cfg.model.name_or_path)!r})
+        model = PeftModel.from_pretrained(base, {str(result.final_dir)!r}).eval()
+        with torch.no_grad():
+            print(json.dumps(model(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10]])).logits[0].tolist()))
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert torch.allclose(torch.tensor(got), torch.tensor(expected), atol=1e-4)
+    assert not torch.allclose(torch.tensor(got), torch.zeros(1)), "logits must be real numbers"
+
+
+# --------------------------------------------------------------------------------------------- stop / resume
+def test_stop_then_resume_matches_uninterrupted_run(cfg, tmp_path):
+    from transformers import TrainerCallback
+
+    from core.cancel import StopToken
+    from core.training import resume, train
+
+    cfg.training.max_steps = 10  # 24 training examples / batch 4 = 6 steps per epoch: crosses an epoch
+    cfg.training.group_by_length = True
+    cfg.method.lora_dropout = 0.1  # uses the random-number state, which must be restored too
+    full = train(cfg, workspace=tmp_path / "ws", )
+    assert full.state == "finished"
+
+    stop = StopToken()
+
+    class StopAtFour(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                stop.request("test stop")
+
+    cfg.name = "interrupted"
+    stopped = train(cfg, workspace=tmp_path / "ws", stop=stop, extra_callbacks=[StopAtFour()])
+    # Checked at the next step boundary: step 5, with a checkpoint saved there.
+    assert stopped.state == "stopped" and stopped.global_step == 5
+    assert read_status(stopped.run_dir)["state"] == "stopped"
+    assert latest_checkpoint(stopped.run_dir).name == "checkpoint-5"
+    assert not (stopped.run_dir / "final").exists()
+
+    resumed = resume(stopped.run_dir)
+    assert resumed.state == "finished" and resumed.global_step == 10
+    expected = {r["step"]: r["loss"] for r in _train_records(full.run_dir)}
+    got = {r["step"]: r["loss"] for r in _train_records(resumed.run_dir)}
+    for step in (6, 7, 10):
+        assert got[step] == pytest.approx(expected[step], rel=1e-3), step
+    tokens = {r["step"]: r["tokens_trained"] for r in _train_records(full.run_dir)}
+    assert {r["step"]: r["tokens_trained"] for r in _train_records(resumed.run_dir)}[10] == tokens[10]
+    with pytest.raises(TrainingError, match="already finished"):
+        resume(stopped.run_dir)
+
+
+def test_sigkilled_run_is_interrupted_and_resumes(cfg, tmp_path):
+    from core.training import resume
+
+    cfg.training.max_steps = 60
+    cfg.training.save_steps = 5
+    cfg.training.eval_steps = 30
+    cfg.training.load_best_model_at_end = False  # saves between evaluations
+    config = tmp_path / "run.yaml"
+    cfg.save(config)
+    workspace = tmp_path / "ws"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "train", "--config", str(config), "--output", str(workspace),
+         "--name", "killed"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = workspace / "killed"
+    try:
+        deadline = time.time() + 120
+        while latest_checkpoint(run) is None:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
+    killed_at = latest_checkpoint(run)
+    status = read_status(run)
+    assert status["state"] == "interrupted", status
+    assert [r.state for r in list_runs(workspace)] == ["interrupted"]
+    assert status["global_step"] < 60
+
+    result = resume(run)
+    assert result.state == "finished" and result.global_step == 60
+    steps = [r["step"] for r in _train_records(run)]
+    first_after_resume = int(killed_at.name.split("-")[1]) + 1
+    assert first_after_resume in steps and steps[-1] == 60
+
+
+# --------------------------------------------------------------------------------------------- failures
+def test_nan_loss_stops_at_that_step_with_advice(cfg, tmp_path, monkeypatch):
+    import torch
+    from transformers import Trainer
+
+    original = Trainer.training_step
+
+    def poisoned(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if self.state.global_step >= 2 else loss  # the 3rd step diverges
+
+    monkeypatch.setattr(Trainer, "training_step", poisoned)
+    cfg.training.save_steps = cfg.training.eval_steps = 2
+    with pytest.raises(TrainingError, match=r"step 3.*learning rate") as info:
+        from core.training import train
+
+        train(cfg, workspace=tmp_path / "ws")
+    run = next((tmp_path / "ws").iterdir())
+    status = read_status(run)
+    assert status["state"] == "failed" and "step 3" in status["message"] and status["global_step"] == 3
+    assert [step for step, _ in list_checkpoints(run)] == [2]  # the poisoned weights were not saved
+    assert "checkpoint-2" in str(info.value)
+    assert torch.isnan(torch.tensor(float(_train_records(run)[-1]["loss"])))
+
+
+def test_disk_full_while_saving_keeps_previous_checkpoint(cfg, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    from core.training import train
+
+    original = Trainer._save_optimizer_and_scheduler
+
+    def full_disk(self, output_dir):
+        if self.state.global_step >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", full_disk)
+    cfg.training.save_steps = 2
+    cfg.training.eval_steps = 2
+    with pytest.raises(TrainingError, match="disk is full.*checkpoint-2 is intact"):
+        train(cfg, workspace=tmp_path / "ws")
+    run = next((tmp_path / "ws").iterdir())
+    assert read_status(run)["state"] == "failed"
+    assert [step for step, _ in list_checkpoints(run)] == [2]
+    assert not (run / "checkpoints" / "checkpoint-4").exists()  # the half-written one is cleaned up
+
+
+def test_out_of_memory_becomes_advice(cfg, tmp_path, monkeypatch):
+    import torch
+    from transformers import Trainer
+
+    from core.training import train
+
+    def oom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "training_step", oom)
+    with pytest.raises(TrainingError, match="out of memory.*batch size.*gradient checkpointing"):
+        train(cfg, workspace=tmp_path / "ws")
+    assert read_status(next((tmp_path / "ws").iterdir()))["state"] == "failed"
+
+
+def test_qlora_refused_on_cpu_and_missing_model(cfg, tmp_path):
+    from core.training import train
+
+    cfg.method.method = "qlora"
+    with pytest.raises(ConfigError, match="NVIDIA GPU") as info:
+        train(cfg, workspace=tmp_path / "ws")
+    assert info.value.field == "method.method"
+    cfg.method.method = "lora"
+    cfg.model.name_or_path = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelError):
+        train(cfg, workspace=tmp_path / "ws")
+    assert {r.state for r in list_runs(tmp_path / "ws")} == {"failed"}
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def test_cli_train_flags_and_runs_table(cfg, tmp_path, capsys):
+    from core.cli import main
+
+    config = tmp_path / "run.yaml"
+    cfg.save(config)
+    code = main(["train", "--config", str(config), "--max-steps", "2", "--learning-rate", "5e-4",
+                 "--set", "training.eval_steps=2", "--output", str(tmp_path / "ws"), "--name", "cli-run"])
+    assert code == 0
+    run = tmp_path / "ws" / "cli-run"
+    saved = RunConfig.load(run / "config.yaml")
+    assert saved.training.max_steps == 2 and saved.training.learning_rate == 5e-4 and saved.training.eval_steps == 2
+    capsys.readouterr()
+    assert main(["runs", "--workspace", str(tmp_path / "ws")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["NAME", "STATUS", "STEPS"]
+    assert table[1].split()[:4] == ["cli-run", "finished", "2/2", f"{read_status(run)['best_eval_loss']:.4f}"]
+    assert main(["train", "--config", str(config), "--set", "training.nope=1"]) == 2
