@@ -1,0 +1,445 @@
+"""Live training curves: loss (train + eval), learning rate and gradient norm.
+
+Points arrive one by one from the training worker (through a Qt signal, on the GUI thread). They are
+appended to numpy buffers that grow by doubling, and a single-shot QTimer coalesces redraws so the
+plots are redrawn at most ~10 times a second however fast points arrive. Curves use ``setData`` with
+``setClipToView`` and peak downsampling, so a 100k-point curve redraws in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QHBoxLayout,
+    QLabel,
+    QRadioButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+REDRAW_INTERVAL_MS = 100  # at most ~10 redraws per second
+# Above this many points a curve is drawn 1 px wide without antialiasing: Qt's antialiased wide strokes
+# of a long jagged polyline take seconds (measured: 100k noisy points, 2 px + AA: ~11 s; 1 px plain: ~10 ms).
+DENSE_POINTS = 4000
+
+TRAIN_COLOR = "#2f6fd6"
+TRAIN_RAW_COLOR = (47, 111, 214, 70)
+EVAL_COLOR = "#e0702b"
+LR_COLOR = "#2a9d8f"
+GRAD_COLOR = "#8e5bd6"
+
+
+class SeriesBuffer:
+    """Growable (step, epoch, value) columns; capacity doubles so appends are amortised O(1)."""
+
+    def __init__(self, capacity: int = 256):
+        self._step = np.empty(capacity, dtype=np.float64)
+        self._epoch = np.empty(capacity, dtype=np.float64)
+        self._value = np.empty(capacity, dtype=np.float64)
+        self.size = 0
+
+    def append(self, step: float, epoch: float | None, value: float) -> None:
+        if self.size == len(self._step):
+            self._grow(2 * len(self._step))
+        i = self.size
+        self._step[i] = step
+        self._epoch[i] = np.nan if epoch is None else epoch
+        self._value[i] = value
+        self.size += 1
+
+    def extend(self, steps: np.ndarray, epochs: np.ndarray, values: np.ndarray) -> None:
+        """Append many points at once (used to load a whole metrics file, or by benchmarks)."""
+        n = len(steps)
+        needed = self.size + n
+        if needed > len(self._step):
+            capacity = len(self._step)
+            while capacity < needed:
+                capacity *= 2
+            self._grow(capacity)
+        self._step[self.size:needed] = steps
+        self._epoch[self.size:needed] = epochs
+        self._value[self.size:needed] = values
+        self.size = needed
+
+    def _grow(self, capacity: int) -> None:
+        for name in ("_step", "_epoch", "_value"):
+            old = getattr(self, name)
+            new = np.empty(capacity, dtype=np.float64)
+            new[: self.size] = old[: self.size]
+            setattr(self, name, new)
+
+    def clear(self) -> None:
+        self.size = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self._step)
+
+    def x(self, axis: str) -> np.ndarray:
+        """The x values (views, no copy) for ``axis`` = "step" or "epoch"."""
+        return (self._epoch if axis == "epoch" else self._step)[: self.size]
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._value[: self.size]
+
+
+def ema(values: np.ndarray, weight: float, start: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """Debiased exponential moving average (TensorBoard's smoothing) of ``values``.
+
+    Only entries from ``start`` on are (re)computed into ``out``, so live updates cost O(new points).
+    """
+    n = len(values)
+    if out is None or len(out) < n:
+        grown = np.empty(max(n, 16) * 2, dtype=np.float64)
+        if out is not None:
+            grown[: min(start, len(out))] = out[: min(start, len(out))]
+        out = grown
+    if weight <= 0:
+        out[start:n] = values[start:n]
+        return out
+    # Recover the running (biased) average at ``start`` from the debiased one we stored.
+    if start > 0:
+        last = out[start - 1] * (1.0 - weight**start)
+    else:
+        last = 0.0
+    for i in range(start, n):
+        value = values[i]
+        if not math.isfinite(value):
+            out[i] = out[i - 1] if i else value
+            continue
+        last = last * weight + (1.0 - weight) * value
+        out[i] = last / (1.0 - weight ** (i + 1))
+    return out
+
+
+def _number(value: Any) -> float | None:
+    """A finite float or None (metrics files may hold "nan" strings)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _field(point: Any, name: str) -> Any:
+    """Read a MetricPoint attribute or a key of a metrics.jsonl dict."""
+    if isinstance(point, dict):
+        return point.get(name)
+    return getattr(point, name, None)
+
+
+class _Curve:
+    """One buffer and the plot item(s) that draw it."""
+
+    def __init__(self, item: pg.PlotDataItem):
+        self.buffer = SeriesBuffer()
+        self.item = item
+
+
+def set_dense(item: pg.PlotDataItem, n_points: int) -> None:
+    """Thin, non-antialiased pen for long curves (fast), the item's nice pen for short ones."""
+    dense = n_points > DENSE_POINTS
+    if getattr(item, "_studio_dense", None) == dense:
+        return
+    if not hasattr(item, "_studio_pen"):
+        item._studio_pen = pg.mkPen(item.opts["pen"])  # type: ignore[attr-defined]
+    pen = pg.mkPen(item._studio_pen)  # type: ignore[attr-defined]
+    if dense:
+        pen.setWidthF(1.0)
+        pen.setCosmetic(True)
+    item.opts["antialias"] = not dense
+    item.setPen(pen)
+    item._studio_dense = dense  # type: ignore[attr-defined]
+
+
+class TrainingPlots(QWidget):
+    """Loss (train + eval markers, optional EMA smoothing), learning rate and gradient norm.
+
+    ``add_point(point)`` accepts a ``core.metrics.MetricPoint`` or a metrics.jsonl dict. Call it from
+    the GUI thread only; the redraw is deferred and coalesced.
+    """
+
+    redrawn = Signal()  # emitted after each (coalesced) redraw; tests and benchmarks wait on it
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        pg.setConfigOptions(antialias=True, background="w", foreground="#444")
+        self.x_axis = "step"
+        self.smoothing = 0.6
+        self._smoothed: np.ndarray | None = None
+        self._smoothed_upto = 0
+        self.redraw_count = 0
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(REDRAW_INTERVAL_MS)
+        self._timer.timeout.connect(self.redraw)
+
+        # -- controls --------------------------------------------------------------------------
+        self._step_radio = QRadioButton("Steps")
+        self._epoch_radio = QRadioButton("Epochs")
+        self._step_radio.setChecked(True)
+        self._step_radio.setToolTip("Show optimizer steps on the x axis.")
+        self._epoch_radio.setToolTip("Show epochs (passes over the training data) on the x axis.")
+        axis_group = QButtonGroup(self)
+        axis_group.addButton(self._step_radio)
+        axis_group.addButton(self._epoch_radio)
+        self._epoch_radio.toggled.connect(lambda on: self.set_x_axis("epoch" if on else "step"))
+
+        self._smooth_slider = QSlider(Qt.Orientation.Horizontal)
+        self._smooth_slider.setRange(0, 99)
+        self._smooth_slider.setValue(int(self.smoothing * 100))
+        self._smooth_slider.setFixedWidth(140)
+        self._smooth_slider.setToolTip(
+            "Smoothing of the training loss (exponential moving average). The faint line is the raw loss; "
+            "0 shows the raw loss only. Eval points are never smoothed."
+        )
+        self._smooth_label = QLabel()
+        self._smooth_slider.valueChanged.connect(self._on_smoothing_changed)
+        self._update_smooth_label()
+
+        self.readout = QLabel("Hover over the loss curve to read values.")
+        self.readout.setObjectName("plotReadout")
+        self.readout.setStyleSheet("color: #555;")
+
+        controls = QHBoxLayout()
+        controls.setContentsMargins(0, 0, 0, 0)
+        controls.addWidget(QLabel("X axis:"))
+        controls.addWidget(self._step_radio)
+        controls.addWidget(self._epoch_radio)
+        controls.addSpacing(18)
+        controls.addWidget(QLabel("Smoothing:"))
+        controls.addWidget(self._smooth_slider)
+        controls.addWidget(self._smooth_label)
+        controls.addSpacing(18)
+        controls.addWidget(self.readout, 1)
+
+        # -- plots -----------------------------------------------------------------------------
+        self.loss_plot = pg.PlotWidget()
+        self.loss_plot.setTitle("Loss", size="10pt")
+        self.loss_plot.showGrid(x=True, y=True, alpha=0.2)
+        self.loss_plot.setLabel("left", "loss")
+        self.loss_plot.setMouseEnabled(x=True, y=True)
+        legend = self.loss_plot.addLegend(offset=(-10, 10))
+        legend.setBrush(pg.mkBrush(255, 255, 255, 200))
+
+        self.lr_plot = pg.PlotWidget()
+        self.lr_plot.setTitle("Learning rate", size="10pt")
+        self.lr_plot.showGrid(x=True, y=True, alpha=0.2)
+        self.grad_plot = pg.PlotWidget()
+        self.grad_plot.setTitle("Gradient norm", size="10pt")
+        self.grad_plot.showGrid(x=True, y=True, alpha=0.2)
+        for plot in (self.lr_plot, self.grad_plot):
+            plot.setMinimumHeight(120)
+        self.loss_plot.setMinimumHeight(220)
+
+        def line(plot: pg.PlotWidget, color, name: str | None, width: float = 2.0) -> pg.PlotDataItem:
+            item = plot.plot(pen=pg.mkPen(color, width=width), name=name)
+            item.setClipToView(True)
+            item.setDownsampling(auto=True, method="peak")
+            return item
+
+        self._train_raw_item = line(self.loss_plot, TRAIN_RAW_COLOR, None, 1.0)
+        self.train_loss = _Curve(line(self.loss_plot, TRAIN_COLOR, "train loss"))
+        eval_item = self.loss_plot.plot(
+            pen=pg.mkPen(EVAL_COLOR, width=2, style=Qt.PenStyle.DashLine),
+            symbol="o", symbolSize=8, symbolBrush=EVAL_COLOR, symbolPen=pg.mkPen("w", width=1),
+            name="eval loss (held-out)",
+        )
+        self.eval_loss = _Curve(eval_item)
+        self.learning_rate = _Curve(line(self.lr_plot, LR_COLOR, None))
+        self.grad_norm = _Curve(line(self.grad_plot, GRAD_COLOR, None))
+        self.lr_plot.getAxis("left").enableAutoSIPrefix(False)
+
+        self._hover_marker = pg.ScatterPlotItem(size=11, pen=pg.mkPen("#222", width=1.5), brush=None)
+        self._hover_marker.setZValue(10)
+        self.loss_plot.addItem(self._hover_marker, ignoreBounds=True)
+        self.loss_plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
+
+        self._empty_text = pg.TextItem("The curves appear here when training starts.", color="#888",
+                                       anchor=(0.5, 0.5))
+        self.loss_plot.addItem(self._empty_text, ignoreBounds=True)
+        self._empty_text.setPos(0.5, 0.5)
+
+        small = QHBoxLayout()
+        small.setContentsMargins(0, 0, 0, 0)
+        small.addWidget(self.lr_plot)
+        small.addWidget(self.grad_plot)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(controls)
+        layout.addWidget(self.loss_plot, 3)
+        layout.addLayout(small, 2)
+        self._update_axis_labels()
+
+    # -- data --------------------------------------------------------------------------------------
+    def add_point(self, point: Any) -> None:
+        """Add one metric point (MetricPoint or metrics.jsonl dict); the redraw follows within 100 ms."""
+        kind = _field(point, "kind")
+        step = _number(_field(point, "step"))
+        if step is None:
+            return
+        epoch = _number(_field(point, "epoch"))
+        if kind == "eval":
+            value = _number(_field(point, "eval_loss"))
+            if value is not None:
+                self.eval_loss.buffer.append(step, epoch, value)
+        elif kind == "train":
+            loss = _number(_field(point, "loss"))
+            if loss is not None:
+                self.train_loss.buffer.append(step, epoch, loss)
+            lr = _number(_field(point, "learning_rate"))
+            if lr is not None:
+                self.learning_rate.buffer.append(step, epoch, lr)
+            grad = _number(_field(point, "grad_norm"))
+            if grad is not None:
+                self.grad_norm.buffer.append(step, epoch, grad)
+        else:
+            return
+        self.schedule_redraw()
+
+    def add_points(self, points) -> None:
+        """Add many points (e.g. a reopened run's metrics.jsonl) with a single redraw."""
+        for point in points:
+            self.add_point(point)
+
+    def clear(self) -> None:
+        """Forget every point (a new run starts)."""
+        for curve in self._curves():
+            curve.buffer.clear()
+        self._smoothed_upto = 0
+        self.redraw()
+
+    def point_counts(self) -> dict[str, int]:
+        """How many points each series holds (for tests and the status line)."""
+        return {
+            "train": self.train_loss.buffer.size,
+            "eval": self.eval_loss.buffer.size,
+            "learning_rate": self.learning_rate.buffer.size,
+            "grad_norm": self.grad_norm.buffer.size,
+        }
+
+    def _curves(self) -> list[_Curve]:
+        return [self.train_loss, self.eval_loss, self.learning_rate, self.grad_norm]
+
+    # -- drawing -----------------------------------------------------------------------------------
+    def schedule_redraw(self) -> None:
+        """Coalesce: many points within 100 ms cause one redraw."""
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def set_x_axis(self, axis: str) -> None:
+        """"step" or "epoch"."""
+        if axis not in ("step", "epoch"):
+            raise ValueError(f"unknown x axis {axis!r}")
+        self.x_axis = axis
+        for radio, name in ((self._step_radio, "step"), (self._epoch_radio, "epoch")):
+            radio.blockSignals(True)
+            radio.setChecked(name == axis)
+            radio.blockSignals(False)
+        self._update_axis_labels()
+        self.redraw()
+        for plot in (self.loss_plot, self.lr_plot, self.grad_plot):
+            plot.enableAutoRange()
+
+    def set_smoothing(self, weight: float) -> None:
+        """EMA weight in [0, 0.99]; 0 shows the raw training loss only."""
+        self._smooth_slider.setValue(int(round(max(0.0, min(0.99, weight)) * 100)))
+
+    def _on_smoothing_changed(self, value: int) -> None:
+        self.smoothing = value / 100.0
+        self._smoothed_upto = 0  # the whole smoothed curve changes
+        self._update_smooth_label()
+        self.schedule_redraw()
+
+    def _update_smooth_label(self) -> None:
+        self._smooth_label.setText(f"{self.smoothing:.2f}" if self.smoothing else "off")
+
+    def _update_axis_labels(self) -> None:
+        text = "epoch" if self.x_axis == "epoch" else "step"
+        for plot in (self.loss_plot, self.lr_plot, self.grad_plot):
+            plot.setLabel("bottom", text)
+
+    def _smoothed_train(self) -> np.ndarray:
+        values = self.train_loss.buffer.values
+        self._smoothed = ema(values, self.smoothing, start=min(self._smoothed_upto, len(values)),
+                             out=self._smoothed)
+        self._smoothed_upto = len(values)
+        return self._smoothed[: len(values)]
+
+    def redraw(self) -> None:
+        """Push the buffers to the plot items (setData); pyqtgraph clips and downsamples on paint."""
+        self._timer.stop()
+        axis = self.x_axis
+        train = self.train_loss.buffer
+        for item, n in ((self.train_loss.item, train.size), (self._train_raw_item, train.size),
+                        (self.learning_rate.item, self.learning_rate.buffer.size),
+                        (self.grad_norm.item, self.grad_norm.buffer.size)):
+            set_dense(item, n)
+        if self.smoothing > 0 and train.size:
+            self.train_loss.item.setData(train.x(axis), self._smoothed_train())
+            self._train_raw_item.setData(train.x(axis), train.values)
+            self._train_raw_item.setVisible(True)
+        else:
+            self.train_loss.item.setData(train.x(axis), train.values)
+            self._train_raw_item.setVisible(False)
+        for curve in (self.eval_loss, self.learning_rate, self.grad_norm):
+            curve.item.setData(curve.buffer.x(axis), curve.buffer.values)
+        has_data = train.size > 0 or self.eval_loss.buffer.size > 0
+        self._empty_text.setVisible(not has_data)
+        self.redraw_count += 1
+        self.redrawn.emit()
+
+    # -- hover read-out ----------------------------------------------------------------------------
+    def nearest_point(self, x: float, y: float | None = None) -> tuple[str, float, float] | None:
+        """The data point closest to ``x`` (and ``y`` as a tie-break) among train and eval loss.
+
+        Returns (series name, x, y) or None when there is no data. Distances are measured in screen
+        proportions of the current view so that x and y count equally.
+        """
+        axis = self.x_axis
+        view = self.loss_plot.getViewBox().viewRange()
+        span_x = max(view[0][1] - view[0][0], 1e-12)
+        span_y = max(view[1][1] - view[1][0], 1e-12)
+        best = None
+        for name, curve in (("train loss", self.train_loss), ("eval loss", self.eval_loss)):
+            xs = curve.buffer.x(axis)
+            if not len(xs):
+                continue
+            ys = self._smoothed_train() if (curve is self.train_loss and self.smoothing > 0) else curve.buffer.values
+            # Nearest in x by binary search (x is increasing within a run), then compare the neighbours.
+            index = int(np.searchsorted(xs, x))
+            for i in (index - 1, index):
+                if 0 <= i < len(xs) and math.isfinite(xs[i]):
+                    dx = (xs[i] - x) / span_x
+                    dy = 0.0 if y is None else (ys[i] - y) / span_y
+                    distance = dx * dx + dy * dy
+                    if best is None or distance < best[0]:
+                        best = (distance, name, float(xs[i]), float(ys[i]))
+        return None if best is None else best[1:]
+
+    def _on_mouse_moved(self, position) -> None:
+        plot_item = self.loss_plot.getPlotItem()
+        if not plot_item.sceneBoundingRect().contains(position):
+            return
+        mapped = plot_item.vb.mapSceneToView(position)
+        found = self.nearest_point(mapped.x(), mapped.y())
+        if found is None:
+            self._hover_marker.setData([], [])
+            return
+        name, x, y = found
+        self._hover_marker.setData([x], [y])
+        unit = "epoch" if self.x_axis == "epoch" else "step"
+        x_text = f"{x:.2f}" if self.x_axis == "epoch" else f"{x:.0f}"
+        self.readout.setText(f"{name}: {y:.4f} at {unit} {x_text}")
