@@ -317,11 +317,12 @@ def test_cli_train_flags_and_runs_table(cfg, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     cfg.save(config)
     code = main(["train", "--config", str(config), "--max-steps", "2", "--learning-rate", "5e-4",
-                 "--set", "training.eval_steps=2", "--output", str(tmp_path / "ws"), "--name", "cli-run"])
+                 "--set", "training.eval_steps=2", "--set", "training.save_steps=2", "--output", str(tmp_path / "ws"), "--name", "cli-run"])
     assert code == 0
     run = tmp_path / "ws" / "cli-run"
     saved = RunConfig.load(run / "config.yaml")
     assert saved.training.max_steps == 2 and saved.training.learning_rate == 5e-4 and saved.training.eval_steps == 2
+    assert saved.name == "cli-run" and saved.model.name_or_path == cfg.model.name_or_path
     capsys.readouterr()
     assert main(["runs", "--workspace", str(tmp_path / "ws")]) == 0
     table = capsys.readouterr().out.splitlines()

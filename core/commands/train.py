@@ -111,12 +111,22 @@ def _report(result) -> int:
     return 0 if result.state == "finished" else 130
 
 
+def _quiet_library_progress_bars() -> None:
+    """The console sink is the progress display; the libraries' own tqdm bars would garble it."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+
+
 def run_train(args) -> int:
     from core.metrics import ConsoleSink
     from core.training import train
 
     cfg = build_config(args)
     cfg.validate()
+    _quiet_library_progress_bars()
     stop = StopToken()
     with stop_on_ctrl_c(stop):
         result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[ConsoleSink()], stop=stop)
@@ -127,6 +137,7 @@ def run_resume(args) -> int:
     from core.metrics import ConsoleSink
     from core.training import resume
 
+    _quiet_library_progress_bars()
     stop = StopToken()
     with stop_on_ctrl_c(stop):
         result = resume(Path(args.run_dir), checkpoint=args.checkpoint, sinks=[ConsoleSink()], stop=stop)
