@@ -161,3 +161,24 @@ def test_evaluation_is_cancellable(lora_run, session):
 
     with pytest.raises(Cancelled):
         evaluate_run(lora_run, n=3, session=session, progress=progress, stop=stop)
+
+
+def test_cli_generate_evaluate_export(lora_run, isolated_home, tmp_path, capsys):
+    from core.cli import main
+
+    assert main(["generate", str(lora_run), "--prompt", "Who wrote Hamlet?", "--max-new-tokens", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "tokens/s" in captured.err and "stopped by" in captured.err
+    assert main(["generate", str(lora_run), "--prompt", "Who wrote Hamlet?", "--base", "--checkpoint", "1",
+                 "--max-new-tokens", "3", "--sample", "--temperature", "0.9"]) == 0
+    capsys.readouterr()
+
+    assert main(["evaluate", str(lora_run), "--n", "1", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "perplexity" in out and "fine-tuned" in out and "report.html" in out
+
+    assert main(["export", str(lora_run), "--adapter", "--output", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "adapter_config.json").is_file()
+    assert main(["export", str(lora_run), "--adapter", "--output", str(tmp_path / "a")]) == 2  # not empty
+    assert "not an empty folder" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "missing-run"), "--prompt", "x"]) == 2
