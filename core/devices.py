@@ -52,8 +52,11 @@ def _cuda_info(index: int) -> DeviceInfo:
     import torch
 
     props = torch.cuda.get_device_properties(index)
-    with torch.cuda.device(index):
-        bf16 = bool(torch.cuda.is_bf16_supported())
+    if index == torch.cuda.current_device():
+        # Without emulation: emulated bf16 "works" on old GPUs but trains far slower than fp16.
+        bf16 = bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    else:
+        bf16 = getattr(props, "major", 0) >= 8  # torch's own criterion, without switching devices
     return DeviceInfo("cuda", str(props.name), index, int(props.total_memory), bf16, True)
 
 
