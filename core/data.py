@@ -813,7 +813,10 @@ def _render_chat(record: dict, tokenizer, include_answer: bool) -> list[Segment]
     final = _apply_chat(tokenizer, messages, False)
     if final.startswith(done) and len(final) > len(done):
         segments.append(Segment(final[len(done):], False))  # e.g. trailing user turn
-    return [s for s in segments if s.text]
+    segments = [s for s in segments if s.text]
+    if segments and not segments[-1].trained and not segments[-1].text.strip():
+        segments.pop()  # the newline after the last turn: EOS should end the sequence, not follow it
+    return segments
 
 
 def template_fields(record: dict) -> dict[str, str]:
@@ -935,11 +938,38 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
+_CHARS_PER_TOKEN_BOUND = 32  # a prefix this many characters per needed token is sure to hold enough tokens
+
+
+def _encode_bounded(tokenizer, text: str, budget: int) -> tuple[list[int], int | None]:
+    """Token ids of ``text``; when it is far longer than the ``budget`` tokens still to fill, only a prefix
+    is tokenized (a 10 MB row would take seconds) and the full length is estimated: (ids, estimate)."""
+    limit = (max(budget, 0) + 64) * _CHARS_PER_TOKEN_BOUND
+    if len(text) <= 4 * limit:
+        return _encode(tokenizer, text), None
+    prefix = _encode(tokenizer, text[:limit])
+    # Only the last few tokens of the prefix can differ from the full text's (the cut splits a word).
+    if len(prefix) < budget + 16:
+        return _encode(tokenizer, text), None
+    kept = prefix[: budget + 16]
+    return kept, round(len(prefix) * len(text) / limit)
+
+
 def tokenize_segments(segments: list[Segment], tokenizer, max_length: int,
                       train_on_answers_only: bool = True) -> TokenizedExample:
     """Token ids and labels of rendered segments: each segment tokenized on its own, EOS after the last
-    trained segment, BOS first if the tokenizer normally adds one, cut to ``max_length``."""
-    pieces = [(_encode(tokenizer, s.text), s.trained or not train_on_answers_only) for s in segments]
+    trained segment, BOS first if the tokenizer normally adds one, cut to ``max_length``.
+
+    ``full_length`` is the untruncated length (estimated for huge segments)."""
+    pieces = []
+    used = 1  # room for BOS
+    extra = 0  # estimated tokens beyond those kept from huge segments
+    for segment in segments:
+        ids, estimate = _encode_bounded(tokenizer, segment.text, max_length - used)
+        if estimate is not None:
+            extra += estimate - len(ids)
+        used += len(ids)
+        pieces.append((ids, segment.trained or not train_on_answers_only))
     eos = getattr(tokenizer, "eos_token_id", None)
     trained_positions = [i for i, (_, trained) in enumerate(pieces) if trained]
     if eos is not None and trained_positions:
@@ -956,7 +986,7 @@ def tokenize_segments(segments: list[Segment], tokenizer, max_length: int,
     for ids, trained in pieces:
         input_ids.extend(ids)
         labels.extend(ids if trained else [IGNORE_INDEX] * len(ids))
-    full_length = len(input_ids)
+    full_length = len(input_ids) + extra
     truncated = full_length > max_length
     if truncated:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
@@ -1093,8 +1123,12 @@ def _load_cached(folder: Path) -> PreparedData | None:
 
 def _save_cache(folder: Path, prepared: PreparedData) -> None:
     # Build in a temporary sibling folder and rename it into place, so a crash never leaves half a cache.
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    bars_were_on = not are_progress_bars_disabled()
+    disable_progress_bars()  # a cache write is not worth a progress bar on the console
     try:
         prepared.train.save_to_disk(str(tmp / "train"))
         if prepared.test is not None:
@@ -1111,6 +1145,9 @@ def _save_cache(folder: Path, prepared: PreparedData) -> None:
         os.replace(tmp, folder)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # caching is an optimisation: never fail the run over it
+    finally:
+        if bars_were_on:
+            enable_progress_bars()
 
 
 def load_records(data_cfg, *, stop: StopToken | None = None, progress: ProgressFn | None = None,
