@@ -601,6 +601,8 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     partial = run_dir / (runs.FINAL_DIR + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     trainer.save_model(str(partial))  # adapter (peft) or full model, plus the tokenizer
+    # A pickle nobody needs to load the model (config.yaml reproduces the run): keep final/ pickle-free.
+    (partial / "training_args.bin").unlink(missing_ok=True)
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(partial, final_dir)
     early = step < int(state.max_steps or step)

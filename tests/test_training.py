@@ -296,8 +296,29 @@ def test_out_of_memory_becomes_advice(cfg, tmp_path, monkeypatch):
     assert read_status(next((tmp_path / "ws").iterdir()))["state"] == "failed"
 
 
-def test_qlora_refused_on_cpu_and_missing_model(cfg, tmp_path):
+def test_early_stopping_ends_the_run(cfg, tmp_path):
     from core.training import train
+
+    cfg.training.max_steps = 12
+    cfg.training.eval_steps = cfg.training.save_steps = 2
+    cfg.training.early_stopping_patience = 1
+    cfg.training.early_stopping_threshold = 10.0  # no eval loss can improve by 10: stop at the 2nd eval
+    result = train(cfg, workspace=tmp_path / "ws")
+    assert result.state == "finished" and result.global_step == 4
+    assert "early stopping" in result.message and (result.final_dir / "adapter_model.safetensors").is_file()
+    assert not (result.final_dir / "training_args.bin").exists()
+
+
+def test_qlora_refused_on_cpu_and_missing_model(cfg, tmp_path):
+    import importlib.util
+
+    from core.training import train
+
+    if importlib.util.find_spec("tensorboard") is None:
+        cfg.training.report_to = "tensorboard"
+        with pytest.raises(ConfigError, match="tensorboard is not installed"):
+            train(cfg, workspace=tmp_path / "ws")
+        cfg.training.report_to = "none"
 
     cfg.method.method = "qlora"
     with pytest.raises(ConfigError, match="NVIDIA GPU") as info:
@@ -308,6 +329,7 @@ def test_qlora_refused_on_cpu_and_missing_model(cfg, tmp_path):
     with pytest.raises(ModelError):
         train(cfg, workspace=tmp_path / "ws")
     assert {r.state for r in list_runs(tmp_path / "ws")} == {"failed"}
+    assert len(list_runs(tmp_path / "ws")) == 2  # the report_to check refuses before creating a folder
 
 
 # --------------------------------------------------------------------------------------------- CLI
