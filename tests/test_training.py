@@ -120,7 +120,7 @@ def test_lora_run_folder_metrics_and_plain_peft_loading(cfg, tmp_path):
     trains = _train_records(run)
     assert [r["step"] for r in trains] == [1, 2, 3, 4, 5, 6]
     tokens = [r["tokens_trained"] for r in trains]
-    assert all(b > a for a, b in zip(tokens, tokens[1:])) and tokens[0] > 0
+    assert all(b > a for a, b in zip(tokens, tokens[1:], strict=False)) and tokens[0] > 0
     last = trains[-1]
     for key in ("learning_rate", "grad_norm", "tokens_per_second", "seconds_per_step", "peak_memory_bytes",
                 "elapsed_seconds", "epoch"):

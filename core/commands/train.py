@@ -154,7 +154,7 @@ def format_runs_table(summaries) -> str:
         date = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)) if run.created else "-"
         rows.append((run.path.name, run.state, steps, best, run.method, date))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def run_list(args) -> int:
