@@ -42,12 +42,16 @@ class PageSpec:
     module: str
     class_name: str
     tooltip: str = ""
+    # Constructor keywords used when the window does not autoload (tests, screenshots): pages must not
+    # start background work on their own then, or a thread could outlive a quickly closed window.
+    quiet_kwargs: tuple[tuple[str, object], ...] = ()
 
 
 PAGES: list[PageSpec] = [
     PageSpec("data", "Data", "data", "gui.pages.data_page", "DataPage", "Load a dataset and see it as the model will"),
     PageSpec("model", "Model", "model", "gui.pages.model_page", "ModelPage", "Pick the base model and the method"),
-    PageSpec("train", "Train", "train", "gui.pages.train_page", "TrainPage", "Set hyperparameters and watch training"),
+    PageSpec("train", "Train", "train", "gui.pages.train_page", "TrainPage", "Set hyperparameters and watch training",
+             quiet_kwargs=(("preload_delay_ms", None),)),
     PageSpec("chat", "Chat", "chat", "gui.pages.chat_page", "ChatPage", "Talk to the base and fine-tuned model"),
     PageSpec("evaluate", "Evaluate", "evaluate", "gui.pages.evaluate_page", "EvaluatePage", "Score base vs fine-tuned"),
     PageSpec("runs", "Runs", "runs", "gui.pages.runs_page", "RunsPage", "Reopen, compare and resume runs"),
@@ -147,7 +151,13 @@ class MainWindow(QMainWindow):
             page_class = load_page_class(spec)
             if page_class is None:
                 continue  # the page's module is not written yet
-            page = page_class(self.state, parent=self.stack)
+            kwargs = {} if autoload else dict(spec.quiet_kwargs)
+            try:
+                page = page_class(self.state, parent=self.stack, **kwargs)
+            except TypeError:
+                if not kwargs:
+                    raise
+                page = page_class(self.state, parent=self.stack)  # an older page without those options
             page.setObjectName(f"page-{spec.key}")
             self.pages[spec.key] = page
             self._keys.append(spec.key)
