@@ -199,7 +199,9 @@ def _non_default_training_arguments(cfg: RunConfig, device: str) -> dict:
     from core.hf_args import training_arguments
 
     # The same overrides the engine applies, minus those that only concern the app's own display.
-    overrides = {"logging_nan_inf_filter": False, "remove_unused_columns": False}
+    # The engine evaluates step 0 itself, outside the Trainer, so the data order does not depend on it;
+    # the script skips that evaluation for the same order.
+    overrides = {"logging_nan_inf_filter": False, "remove_unused_columns": False, "eval_on_start": False}
     eval_available = cfg.data.test_fraction > 0
     if not eval_available:
         overrides.update(eval_strategy="no", load_best_model_at_end=False)

@@ -176,3 +176,18 @@ def test_two_threads_share_one_session(session):
     for thread in threads:
         thread.join(timeout=60)
     assert results == {"tuned": expected, "base": expected_base}
+
+
+@pytest.mark.real_model
+def test_bundled_model_chat_stops_at_end_of_turn():
+    from core.generation import ModelSession
+    from core.models import BUNDLED_MODEL
+
+    session = ModelSession(BUNDLED_MODEL, device="cpu")
+    pieces = []
+    result = session.generate([{"role": "user", "content": "What is the capital of France? One word."}],
+                              greedy(40), on_token=pieces.append)
+    assert "Paris" in result.text
+    assert result.stopped_by == "eos" and "<|im_end|>" not in result.text
+    assert "".join(pieces) == result.text
+    assert result.tokens_per_second > 0 and result.first_token_seconds < result.seconds
