@@ -22,9 +22,10 @@ import string
 import tempfile
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from core.cancel import ProgressFn, StopToken
 from core.errors import DataError
@@ -210,7 +211,7 @@ def _read_csv(path: Path, *, max_rows=None, skip_bad_rows=False, stop=None, prog
                         raise DataError(problem, source=str(path), line=number)
                     bad.append(BadRow(number, problem))
                     continue
-                rows.append(dict(zip(header, values)))
+                rows.append(dict(zip(header, values, strict=True)))
                 numbers.append(number)
                 if stop is not None and len(rows) % 1000 == 0:
                     stop.raise_if_set()
@@ -713,7 +714,7 @@ def normalize_record(row: dict, schema: str, column_map: dict[str, str], clean_w
         if column not in row and role in required:
             keys = ", ".join(map(str, row)) or "(none)"
             raise DataError(f"column {column!r} is missing in this row (it has: {keys}); rows with different "
-                            "columns (mixed formats) cannot be combined — split the file, or skip bad rows",
+                            "columns (mixed formats) cannot be combined: split the file, or enable 'skip bad rows'",
                             field=column)
         if role == "messages":
             record["messages"] = _normalize_messages(row.get(column), column, clean_whitespace)
@@ -999,7 +1000,7 @@ def token_mask_view(segments: list[Segment], tokenizer, max_length: int,
     """(token text, trained) for each token the model sees, to show which ones it learns."""
     example = tokenize_segments(segments, tokenizer, max_length, train_on_answers_only)
     return [(tokenizer.decode([token_id]), label != IGNORE_INDEX)
-            for token_id, label in zip(example.input_ids, example.labels)]
+            for token_id, label in zip(example.input_ids, example.labels, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------- preparing
@@ -1018,7 +1019,7 @@ class LengthStats:
     lengths: list[int]
 
     @classmethod
-    def from_lengths(cls, lengths: list[int], max_length: int) -> "LengthStats":
+    def from_lengths(cls, lengths: list[int], max_length: int) -> LengthStats:
         if not lengths:
             return cls(0, 0, 0, 0.0, 0.0, 0, 0, max_length, [])
         ordered = sorted(lengths)
@@ -1068,13 +1069,21 @@ def _source_signature(digest, source: str, hub_split: str) -> None:
             _hash_file(digest, child)
 
 
+_VOCAB_HASH: dict[int, tuple[Any, int, str]] = {}
+
+
 def _tokenizer_signature(digest, tokenizer) -> None:
     if tokenizer is None:
         digest.update(b"tokenizer=None")
         return
     digest.update(f"{type(tokenizer).__name__}|{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}".encode())
-    vocab = tokenizer.get_vocab()
-    digest.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    cached = _VOCAB_HASH.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer or cached[1] != len(tokenizer):
+        # Hashing a 50k vocabulary takes ~0.1 s: once per tokenizer object (new tokens change len()).
+        vocab_hash = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+                                    .encode()).hexdigest()
+        cached = _VOCAB_HASH[id(tokenizer)] = (tokenizer, len(tokenizer), vocab_hash)
+    digest.update(cached[2].encode())
     for name in ("bos_token", "eos_token", "pad_token", "chat_template"):
         digest.update(f"|{name}={getattr(tokenizer, name, None)}".encode())
     digest.update(f"|bos={_adds_bos(tokenizer)}".encode())
@@ -1161,7 +1170,10 @@ def load_records(data_cfg, *, stop: StopToken | None = None, progress: ProgressF
                    stop=stop, progress=progress, max_rows=max_rows)
     if not raw.rows:
         raise DataError(f"no usable rows ({len(raw.bad_rows)} bad rows skipped)", source=raw.source)
-    guess = resolve_schema(raw.columns, raw.rows, data_cfg)
+    try:
+        guess = resolve_schema(raw.columns, raw.rows, data_cfg)
+    except DataError as exc:
+        raise DataError(exc.message, source=raw.source, field=exc.field) from None
     records, lines = [], []
     for index, row in enumerate(raw.rows):
         if stop is not None and index % 1000 == 0:
@@ -1173,11 +1185,14 @@ def load_records(data_cfg, *, stop: StopToken | None = None, progress: ProgressF
             line = raw.line_of(index)
             if not data_cfg.skip_bad_rows:
                 # DataError words its location as "line N"; tables say "row N" in the message instead.
-                by_row = raw.line_label == "row"
-                error = DataError((f"row {line}: " if by_row else "") + exc.message
-                                  + "; fix it or enable 'skip bad rows'", source=raw.source,
-                                  line=None if by_row else line, field=exc.field)
-                error.line = line
+                message = exc.message if "skip bad rows" in exc.message else exc.message + \
+                    "; fix it or enable 'skip bad rows'"
+                if raw.line_label == "row":
+                    error = DataError(f"row {line}: " + (f"field '{exc.field}': " if exc.field else "") + message,
+                                      source=raw.source)
+                    error.line, error.field = line, exc.field
+                else:
+                    error = DataError(message, source=raw.source, line=line, field=exc.field)
                 raise error from None
             raw.bad_rows.append(BadRow(line, f"field '{exc.field}': {exc.message}" if exc.field else exc.message))
     if not records:

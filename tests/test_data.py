@@ -381,6 +381,7 @@ def bad_files(tmp_path):
     (folder / "number.jsonl").write_text('{"question": "Year?", "answer": 1963}\n')
     (folder / "dict.jsonl").write_text(f'{good}\n{good}\n{{"question": {{"a": 1}}, "answer": "x"}}\n')
     (folder / "mixed.jsonl").write_text(f'{good}\n{good}\n{{"instruction": "i", "output": "o"}}\n')
+    (folder / "list.json").write_text(json.dumps([QA[0], {"question": "q", "answer": ""}]))
     (folder / "empty.jsonl").write_text("")
     (folder / "blank.jsonl").write_text("\n\n  \n")
     (folder / "binary.jsonl").write_bytes(bytes(range(256)) * 4)
@@ -397,6 +398,7 @@ def bad_files(tmp_path):
     ("empty_field.jsonl", "line 2", "field 'answer': is empty"),
     ("dict.jsonl", "line 3", "field 'question': expected text, got a dict"),
     ("mixed.jsonl", "line 3", "column 'question' is missing in this row (it has: instruction, output)"),
+    ("list.json", "row 2", "field 'answer': is empty"),
     ("empty.jsonl", "empty.jsonl", "the file is empty"),
     ("blank.jsonl", "blank.jsonl", "no rows"),
     ("binary.jsonl", "binary.jsonl", "binary file"),

@@ -114,7 +114,7 @@ def run_export(args) -> int:
         tokenizer, _ = load_tokenizer_for(args.model, required=True)
     raw, guess, records, lines = load_records(cfg)
     rows = []
-    for record, line in zip(records, lines):
+    for record, line in zip(records, lines, strict=True):
         segments = render_segments(record, cfg, tokenizer)
         rows.append({"text": "".join(s.text for s in segments), "prompt": prompt_for(record, cfg, tokenizer),
                      "answer": record["answer"], "source_line": line})
