@@ -249,9 +249,10 @@ def _hub_kwargs(model_cfg) -> dict:
 def _download_error(name: str, exc: BaseException) -> ModelError:
     from huggingface_hub import errors
 
-    if isinstance(exc, errors.GatedRepoError):
+    text = str(exc).lower()
+    if isinstance(exc, errors.GatedRepoError) or "gated repo" in text:
         reason = "it is a gated model: accept its licence on huggingface.co and log in with `hf auth login`"
-    elif isinstance(exc, errors.RepositoryNotFoundError):
+    elif isinstance(exc, errors.RepositoryNotFoundError) or "not a valid model identifier" in text:
         reason = "no such model on the Hub (check the name), or it is private (log in with `hf auth login`)"
     elif isinstance(exc, errors.RevisionNotFoundError):
         reason = "the revision (model.revision) does not exist"
@@ -367,7 +368,8 @@ def load_model(model_cfg, *, device="cpu", dtype=None, quantize_4bit: bool = Fal
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         text = str(exc)
-        if hub and ("safetensors" in text.lower() and not model_cfg.allow_pickle):
+        online = hub and not kwargs.get("local_files_only")
+        if online and "safetensors" in text.lower() and not model_cfg.allow_pickle:
             raise ModelError(
                 f"'{path}' has no safetensors weights, only Python pickles, which can run code when loaded. Allow "
                 "them with the setting model.allow_pickle (\"Allow pickled weights\") if you trust the source."

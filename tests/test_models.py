@@ -306,3 +306,21 @@ def test_bundled_model_converts_loads_and_answers():
     assert info.total_params == 134_515_008 and info.trainable_params == 4_884_480
     assert info.has_chat_template and info.model_type == "llama"
     assert any(e["name"] == models.BUNDLED_MODEL and e["converted"] for e in models.list_models())
+
+
+def test_download_errors_name_the_likely_cause():
+    gated = models._download_error("meta-llama/Llama-3.2-1B", OSError("meta-llama/Llama-3.2-1B is a gated repository."))
+    assert "gated model" in str(gated) and "hf auth login" in str(gated)
+    missing = models._download_error(
+        "nobody/nothing", OSError("nobody/nothing is not a local folder and is not a valid model identifier"))
+    assert "check the name" in str(missing) and "no such model" in str(missing)
+
+
+def test_core_model_modules_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import core.models, core.devices, core.hf_args, core.commands.models; "
+            "sys.exit(1 if 'torch' in sys.modules or 'transformers' in sys.modules else 0)")
+    root = Path(__file__).resolve().parent.parent
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
