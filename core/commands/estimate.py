@@ -1,0 +1,90 @@
+"""CLI: ``estimate`` (pre-flight memory and time) and ``launch`` (multi-process training).
+
+    python main.py estimate --config run.yaml [--probe] [--steps 3]
+    python main.py launch --processes 2 --config run.yaml [--accelerate-config FILE] [--output DIR]
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from core.cancel import StopToken
+from core.config import RunConfig
+
+
+def register(subparsers) -> None:
+    """Add the estimate and launch sub-commands."""
+    p = subparsers.add_parser("estimate", help="predict a run's memory and time (optionally probe a few steps)",
+                              description="Predict memory (weights, gradients, optimizer, activations, logits) "
+                                          "and time of a run before starting it; --probe runs a few real steps "
+                                          "to measure both.")
+    p.add_argument("--config", metavar="FILE", help="a run configuration YAML (default: the defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a setting, e.g. --set training.batch_size=4 (repeatable)")
+    p.add_argument("--probe", action="store_true", help="also run a few real training steps and measure")
+    p.add_argument("--steps", type=int, default=3, help="steps of the probe (default 3)")
+    p.add_argument("--processes", type=int, default=1, help="data-parallel processes (divides the steps)")
+    p.set_defaults(func=run_estimate)
+
+    p = subparsers.add_parser("launch", help="train with several processes (data parallel) via accelerate",
+                              description="Run `train` in N processes with `accelerate launch`. Ctrl+C stops "
+                                          "every process; the run saves a checkpoint first.")
+    p.add_argument("--config", metavar="FILE", required=True, help="a run configuration YAML")
+    p.add_argument("--processes", type=int, default=2, help="number of processes (default 2)")
+    p.add_argument("--accelerate-config", metavar="FILE", help="an accelerate config file (accelerate config)")
+    p.add_argument("--output", metavar="DIR", help="workspace folder holding the runs (default: the app's)")
+    p.add_argument("--launcher", choices=("accelerate", "torchrun"), default="accelerate")
+    p.set_defaults(func=run_launch)
+
+
+def _load(args) -> RunConfig:
+    cfg = RunConfig.load(args.config) if args.config else RunConfig()
+    for item in getattr(args, "set", []) or []:
+        key, _, value = item.partition("=")
+        cfg.set_value(key.strip(), value)
+    cfg.validate()
+    return cfg
+
+
+def run_estimate(args) -> int:
+    from core.estimate import estimate, make_it_fit, probe
+
+    cfg = _load(args)
+    result = estimate(cfg, processes=args.processes)
+    if args.probe:
+        result = probe(cfg, steps=args.steps, base=result)
+    print(result.table())
+    if result.fits is False:
+        print("\nTo make it fit:")
+        for suggestion in make_it_fit(cfg, result):
+            patch = " ".join(f"--set {key}={value}" for key, value in suggestion.patch.items())
+            print(f"  {suggestion.title}: ~{suggestion.predicted_bytes / 1024**3:.2f} GiB ({suggestion.explanation})"
+                  f"\n      {patch}")
+    return 0
+
+
+def run_launch(args) -> int:
+    from core.launch import launch_distributed
+
+    stop = StopToken()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            if stop.is_set:
+                raise KeyboardInterrupt
+            print("\nstopping all processes (a checkpoint is saved; Ctrl+C again to abort)", file=sys.stderr)
+            stop.request("stopped with Ctrl+C")
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = launch_distributed(args.config, processes=args.processes,
+                                    accelerate_config=args.accelerate_config, workspace=args.output,
+                                    stop=stop, on_line=lambda line: print(line, flush=True),
+                                    launcher=args.launcher)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    print(f"{result.state}: {result.message}" + (f" ({result.run_dir})" if result.run_dir else ""))
+    return 0 if result.state in ("finished", "stopped") else 1

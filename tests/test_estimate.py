@@ -1,0 +1,139 @@
+"""Pre-flight estimate vs real measurements (tiny model; one short real-model probe)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import RunConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_config(model_dir: Path, **training) -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.name_or_path = str(model_dir)
+    cfg.training.device = "cpu"
+    cfg.training.batch_size = 8
+    cfg.training.max_length = 128
+    for key, value in training.items():
+        setattr(cfg.training, key, value)
+    return cfg
+
+
+def long_examples(path: Path, n: int = 64) -> Path:
+    """Examples longer than 128 tokens, so every batch is exactly batch x max_length after truncation."""
+    words = "the quick brown fox jumps over the lazy dog while a curious cat watches from the old wall".split()
+    rows = [{"question": f"Tell me story number {i}.",
+             "answer": " ".join(words[(i + j) % len(words)] for j in range(200))} for i in range(n)]
+    path.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
+    return path
+
+
+def test_trainable_params_match_peft(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.estimate import architecture, trainable_params
+
+    cfg = tiny_config(tiny_model_dir)
+    arch = architecture(cfg)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert arch.total_params == sum(p.numel() for p in model.parameters())
+    wrapped = get_peft_model(model, LoraConfig(r=cfg.method.lora_r, target_modules="all-linear",
+                                               task_type="CAUSAL_LM"))
+    assert trainable_params(arch, cfg.method) == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    cfg.method.method = "full"
+    assert trainable_params(arch, cfg.method) == arch.total_params
+
+
+def test_estimate_parts_and_make_it_fit(tiny_model_dir, isolated_home):
+    from core.estimate import architecture, estimate, make_it_fit
+
+    cfg = tiny_config(tiny_model_dir)
+    arch = architecture(cfg)
+    lora = estimate(cfg, model_info=arch)
+    assert lora.total_bytes == sum(part.bytes for part in lora.parts)
+    assert lora.fits is True and lora.available_bytes > lora.total_bytes
+    assert lora.device_flops > 1e8 and lora.seconds_per_step > 0
+    names = [part.name for part in lora.parts]
+    assert names[:2] == ["weights", "adapter weights"] and "logits and loss" in names
+    # Doubling the batch doubles activations and logits; full fine-tuning adds gradients and Adam for every weight.
+    double = estimate(tiny_config(tiny_model_dir, batch_size=16), model_info=arch, measure_device=False)
+    part = {p.name: p.bytes for p in lora.parts}
+    part2 = {p.name: p.bytes for p in double.parts}
+    assert part2["activations"] == 2 * part["activations"] and part2["logits and loss"] == 2 * part["logits and loss"]
+    cfg_full = tiny_config(tiny_model_dir)
+    cfg_full.method.method = "full"
+    full = estimate(cfg_full, model_info=arch, measure_device=False)
+    assert {p.name: p.bytes for p in full.parts}["optimizer state"] == 8 * arch.total_params
+    # The matmul benchmark is cached: the second estimate did not re-measure.
+    assert (isolated_home / "cache" / "matmul_benchmark.json").is_file()
+    suggestions = make_it_fit(cfg_full, full, model_info=arch)
+    titles = [s.title for s in suggestions]
+    # (On this 125k-parameter model LoRA saves nothing - its adapter inputs outweigh Adam - so it is not offered.)
+    assert any(t.startswith("Batch 4") for t in titles) and "Gradient checkpointing" in titles
+    assert all(s.predicted_bytes < full.total_bytes for s in suggestions)
+    patched = cfg_full.copy()
+    for dotted, value in suggestions[0].patch.items():
+        patched.set_value(dotted, value)
+    assert estimate(patched, model_info=arch, measure_device=False).total_bytes == suggestions[0].predicted_bytes
+    assert "fits" in lora.table() and "activations" in lora.table()
+
+
+def test_probe_tiny_model_measures_real_steps(tiny_model_dir, tmp_path, isolated_home):
+    from core.estimate import estimate, probe
+
+    cfg = tiny_config(tiny_model_dir)
+    cfg.data.source = str(long_examples(tmp_path / "long.jsonl"))
+    base = estimate(cfg)
+    probed = probe(cfg, steps=3, base=base)
+    measured = probed.measured
+    assert measured["steps"] == 3 and len(measured["step_times"]) == 3
+    assert measured["peak_bytes"] > 10 * 1024**2  # the run really allocated memory
+    assert probed.total_bytes == measured["peak_bytes"]
+    # Tiny model: the fixed overhead dominates; the estimate is still within 30% of the measured growth.
+    ratio = base.total_bytes / measured["peak_bytes"]
+    print(f"tiny: estimated {base.total_bytes / 2**20:.0f} MiB, measured {measured['peak_bytes'] / 2**20:.0f} MiB, "
+          f"{base.seconds_per_step:.3f} vs {measured['seconds_per_step']:.3f} s/step")
+    assert 0.7 < ratio < 1.3, ratio
+    assert "total (measured)" in probed.table()
+
+
+def test_cli_estimate(tiny_model_dir, tmp_path, isolated_home):
+    config = tmp_path / "run.yaml"
+    tiny_config(tiny_model_dir).save(config)
+    done = subprocess.run([sys.executable, "main.py", "estimate", "--config", str(config),
+                           "--set", "training.batch_size=2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "batch 2 x 128 tokens" in done.stdout and "s/step" in done.stdout
+    bad = subprocess.run([sys.executable, "main.py", "estimate", "--config", str(tmp_path / "missing.yaml")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "missing.yaml: file not found" in bad.stderr
+
+
+@pytest.mark.real_model
+def test_real_model_lora_estimate_within_30_percent(tmp_path):
+    """SmolLM2-135M LoRA, batch 8 x 128, 3 real steps: memory growth and step time within 30%."""
+    from core.estimate import estimate, probe
+
+    cfg = RunConfig()
+    cfg.data.source = str(long_examples(tmp_path / "long.jsonl"))
+    cfg.training.device = "cpu"
+    cfg.training.batch_size = 8
+    cfg.training.max_length = 128
+    base = estimate(cfg)
+    probed = probe(cfg, steps=3, base=base)
+    measured = probed.measured
+    memory_ratio = base.total_bytes / measured["peak_bytes"]
+    time_ratio = base.seconds_per_step / measured["seconds_per_step"]
+    print(f"SmolLM2 LoRA 8x128: estimated {base.total_bytes / 2**30:.2f} GiB, measured "
+          f"{measured['peak_bytes'] / 2**30:.2f} GiB; {base.seconds_per_step:.2f} vs "
+          f"{measured['seconds_per_step']:.2f} s/step")
+    assert 0.7 < memory_ratio < 1.3, memory_ratio
+    assert 0.7 < time_ratio < 1.3, time_ratio
