@@ -62,7 +62,8 @@ def run_app(argv: list[str] | None = None) -> int:
     if not args.theme:
         theme.follow_system_theme(app)
 
-    window = MainWindow(autoload=not args.no_autoload)
+    # A screenshot is quiet: no page starts unrequested background work (e.g. the train page's preload).
+    window = MainWindow(autoload=not args.no_autoload, quiet=bool(args.screenshot))
     if args.page:
         try:
             window.show_page(args.page)

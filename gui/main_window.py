@@ -119,7 +119,7 @@ class MainWindow(QMainWindow):
     firstPainted = Signal(float)  # time.perf_counter() of the first paint
 
     def __init__(self, state: StudioState | None = None, *, autoload: bool = False, restore: bool = True,
-                 parent: QWidget | None = None):
+                 quiet: bool | None = None, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state or StudioState(parent=self)
         self.autoload = autoload
@@ -151,7 +151,7 @@ class MainWindow(QMainWindow):
             page_class = load_page_class(spec)
             if page_class is None:
                 continue  # the page's module is not written yet
-            kwargs = {} if autoload else dict(spec.quiet_kwargs)
+            kwargs = dict(spec.quiet_kwargs) if (not autoload if quiet is None else quiet) else {}
             try:
                 page = page_class(self.state, parent=self.stack, **kwargs)
             except TypeError:
