@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import psutil
-import pytest
 
 from core.cancel import StopToken
 from core.config import RunConfig
