@@ -24,7 +24,9 @@ def _pane(session, question: str, gen_cfg, results: dict, side: str, start_event
             first.append(time.perf_counter() - started)
         count[0] += 1
 
-    result = session.generate(question, gen_cfg, use_adapter=False, on_token=on_token, raw=False)
+    # A message list goes through the model's chat template (an instruct model), as the Chat page sends it.
+    messages = [{"role": "user", "content": question}]
+    result = session.generate(messages, gen_cfg, use_adapter=False, on_token=on_token, raw=False)
     total = time.perf_counter() - started
     decode = total - (first[0] if first else 0.0)
     results[side] = {"ttft_seconds": round(first[0], 3) if first else None, "tokens": result.n_tokens,
@@ -74,5 +76,5 @@ def chat(mode: str = "separate", threads: int | None = None, max_new_tokens: int
     _pane(first, QUESTIONS[0], gen_cfg, alone, "alone", solo)
     return {"mode": mode, "torch_threads": torch.get_num_threads(), "max_new_tokens": max_new_tokens,
             "load_seconds": round(load_seconds, 2), "panes": best,
-            "worst_ttft_seconds": max(p["ttft_seconds"] for p in best.values()),
+            "worst_ttft_seconds": max((p["ttft_seconds"] or float("inf")) for p in best.values()),
             "one_pane_alone": alone["alone"], "all_trials": trials}

@@ -116,7 +116,7 @@ def machine_info() -> dict:
 def run_suite(quick: bool, only: set[str] | None) -> dict:
     """Run every section (or those in ``only``) and return the results dict."""
     n_examples = 12 if quick else 64
-    ttq_cap = 40.0 if quick else 360.0
+    ttq_cap = 40.0 if quick else 240.0
     results: dict = {"quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(),
                      "targets": TARGETS}
     work = Path(tempfile.mkdtemp(prefix="studio-bench-"))
@@ -162,12 +162,23 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
         results["launch_torch_preimported"] = run_worker("gui_bench:launch", python=sys.executable,
                                                          preimport_torch=True, repeats=1 if quick else 2)
         results["plot_redraw"] = run_worker("gui_bench:plot_redraw")
+        results["plot_redraw_grid_off"] = run_worker("gui_bench:plot_redraw", grid=False)
+        results["plot_redraw_empty"] = run_worker("gui_bench:plot_redraw", n_points=0)
         results["stalls_tiny"] = run_worker("gui_bench:training_stalls", model="tiny", workdir=str(work / "gui-tiny"),
                                             max_steps=10 if quick else 40, eval_steps=5 if quick else 10)
         results["stalls_smollm2"] = run_worker("gui_bench:training_stalls", model="smollm2",
                                                workdir=str(work / "gui-smol"), max_steps=2 if quick else 6,
                                                eval_steps=2 if quick else 3)
+        # Alternatives, to find what the stalls come from: plots without grid lines, torch on 1 thread
+        # (a core left for the GUI thread), Python's default 5 ms GIL switch interval.
+        for key, extra in (("stalls_tiny_grid_off", dict(plot_grid=False)),
+                           ("stalls_tiny_torch_1_thread", dict(torch_threads=1))):
+            results[key] = run_worker("gui_bench:training_stalls", model="tiny", workdir=str(work / key),
+                                      max_steps=10 if quick else 40, eval_steps=5 if quick else 10, **extra)
         if not quick:
+            results["stalls_smollm2_grid_off"] = run_worker(
+                "gui_bench:training_stalls", model="smollm2", workdir=str(work / "gui-smol-nogrid"), max_steps=6,
+                eval_steps=3, plot_grid=False)
             results["stalls_smollm2_switch_5ms"] = run_worker(
                 "gui_bench:training_stalls", model="smollm2", workdir=str(work / "gui-smol-5ms"), max_steps=6,
                 eval_steps=3, switch_interval=0.005)
@@ -280,15 +291,16 @@ def markdown(results: dict) -> str:
     ttq = results.get("time_to_quality")
     if ttq:
         out += ["### Time to quality (held-out answer loss <= 80% of the base model's; LoRA; evals excluded)", "",
-                "| contender | base eval loss | target | seconds to target | best eval loss | examples seen |",
-                "|---|---|---|---|---|---|"]
+                "| contender | base eval loss | target (80%) | seconds to target | seconds to 70% / 60% / 50% "
+                "| best eval loss | examples seen |", "|---|---|---|---|---|---|---|"]
         for name, r in ttq.items():
             if "error" in r:
                 out.append(f"| {name} | error | | | | |")
                 continue
             reached = (f"{r['seconds_to_target']}" if r["reached"]
                        else f"not reached within {r['cap_seconds']:.0f}")
-            out.append(f"| {name} | {r['base_eval_loss']} | {r['target_eval_loss']} | {reached} | "
+            more = " / ".join(str(r.get("seconds_to_ratio", {}).get(k, "?")) for k in ("0.7", "0.6", "0.5"))
+            out.append(f"| {name} | {r['base_eval_loss']} | {r['target_eval_loss']} | {reached} | {more} | "
                        f"{r['best_eval_loss']} | {r['curve'][-1]['examples']} |")
         out.append("")
     gui_rows = []
@@ -303,9 +315,19 @@ def markdown(results: dict) -> str:
         gui_rows.append((f"redraw {pr['points_per_series']} points/series (median/max)",
                          f"{pr['redraw_ms_median']} / {pr['redraw_ms_max']} ms", "< 20 ms",
                          pr["redraw_ms_median"] < TARGETS["redraw_ms"]))
-        gui_rows.append(("append 1 point + redraw", f"{pr['append_one_and_redraw_ms_median']} ms", "", None))
-    for key, label in (("stalls_tiny", "tiny model"), ("stalls_smollm2", "SmolLM2"),
-                       ("stalls_smollm2_switch_5ms", "SmolLM2, switch interval 5 ms")):
+        gui_rows.append(("live update: append 1 point + redraw + paint", f"{pr['append_one_and_redraw_ms_median']} ms",
+                         "", None))
+        gui_rows.append(("... of which setData (redraw() alone)", f"{pr['setdata_only_ms_median']} ms", "", None))
+    for key, label in (("plot_redraw_grid_off", "same 100k points, grid lines off (alternative)"),
+                       ("plot_redraw_empty", "empty plots (paint cost alone)")):
+        p2 = results.get(key, {})
+        if "redraw_ms_median" in p2:
+            gui_rows.append((label, f"full {p2['redraw_ms_median']} ms, live {p2['append_one_and_redraw_ms_median']} ms",
+                             "", None))
+    for key, label in (("stalls_tiny", "tiny model"), ("stalls_tiny_grid_off", "tiny, plots without grid"),
+                       ("stalls_tiny_torch_1_thread", "tiny, torch 1 thread"), ("stalls_smollm2", "SmolLM2"),
+                       ("stalls_smollm2_grid_off", "SmolLM2, plots without grid"),
+                       ("stalls_smollm2_switch_5ms", "SmolLM2, GIL switch interval 5 ms")):
         s = results.get(key, {})
         if "training_phase" in s and s["training_phase"].get("ticks"):
             tp, wr = s["training_phase"], s["whole_run"]
@@ -374,8 +396,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         only = set(args.only.split(",")) if args.only else None
         results = run_suite(args.quick, only)
-        results["derived"] = derive(results)
         stem = "quick" if args.quick else "latest"
+        previous = out / f"{stem}.json"
+        if only and previous.exists():
+            # A partial run (--only) updates its sections of the last full result.
+            merged = json.loads(previous.read_text())
+            merged.update({k: v for k, v in results.items() if k not in ("machine", "targets", "started")})
+            merged.setdefault("partial_reruns", []).append({"sections": sorted(only), "at": results["started"]})
+            results = merged
+        results["derived"] = derive(results)
         (out / f"{stem}.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     text = markdown(results)
     stem = "quick" if results.get("quick") else "latest"

@@ -223,6 +223,7 @@ def model_flops_per_token(method: str, lora_r: int = 16) -> dict:
       adapted layer (in, out): 6*r*(in + out) (A and B forward, activation-grad, weight-grad).
     """
     import torch
+
     from core.config import MethodConfig, ModelConfig
     from core.hf_args import apply_method, default_target_modules
     from core.models import load_model
@@ -286,7 +287,7 @@ def _held_out_loss(model, batch) -> float:
 
 
 def _quality_callback(eval_batch, every_examples: int, examples_per_step: int, cap_seconds: float,
-                      ratio: float):
+                      ratio: float, stop_ratio: float):
     from transformers import TrainerCallback
 
     class Quality(TrainerCallback):
@@ -324,6 +325,7 @@ def _quality_callback(eval_batch, every_examples: int, examples_per_step: int, c
                                    "wall": round(wall, 2), "eval_loss": round(value, 4)})
                 if value <= ratio * self.base and self.reached_at is None:
                     self.reached_at = wall
+                if value <= stop_ratio * self.base:
                     control.should_training_stop = True
             if wall > cap_seconds:
                 control.should_training_stop = True
@@ -333,10 +335,12 @@ def _quality_callback(eval_batch, every_examples: int, examples_per_step: int, c
 
 
 def time_to_quality(contender: str, workdir: str, *, cap_seconds: float = 360.0, ratio: float = 0.8,
-                    every_examples: int = 32, epochs: float = 3.0) -> dict:
+                    stop_ratio: float = 0.5, every_examples: int = 16, epochs: float = 3.0) -> dict:
     """Wall time (evaluations excluded) until the held-out answer loss reaches ``ratio`` x the base
-    model's, training on sample:trivia's train split (LoRA), evaluated every ``every_examples``."""
+    model's, training on sample:trivia's train split (LoRA), evaluated every ``every_examples``.
+    Training goes on until ``stop_ratio`` x base (or the cap), so stricter targets can be read off the curve."""
     import torch
+
     from core.config import ModelConfig
     from core.models import load_tokenizer
     from core.training import PadToLongestCollator
@@ -353,7 +357,8 @@ def time_to_quality(contender: str, workdir: str, *, cap_seconds: float = 360.0,
 
         cfg = RunConfig()
         cfg.training.num_epochs = epochs
-        quality = _quality_callback(eval_batch, every_examples, cfg.training.batch_size, cap_seconds, ratio)
+        quality = _quality_callback(eval_batch, every_examples, cfg.training.batch_size, cap_seconds, ratio,
+                                    stop_ratio)
         result = training.train(cfg, run_dir=Path(workdir) / "ttq-app", extra_callbacks=[quality])
         info["run_dir"] = str(result.run_dir)
     elif contender == "tutorial":
@@ -362,7 +367,7 @@ def time_to_quality(contender: str, workdir: str, *, cap_seconds: float = 360.0,
         model = _model("lora")
         args = _plain_args(workdir, per_device_train_batch_size=1, gradient_accumulation_steps=4,
                            optim="adafactor", num_train_epochs=epochs)
-        quality = _quality_callback(eval_batch, every_examples, 4, cap_seconds, ratio)
+        quality = _quality_callback(eval_batch, every_examples, 4, cap_seconds, ratio, stop_ratio)
         trainer = Trainer(model=model, args=args, train_dataset=prepared.train.remove_columns(["labels"]),
                           data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[quality])
         trainer.train()
@@ -371,6 +376,8 @@ def time_to_quality(contender: str, workdir: str, *, cap_seconds: float = 360.0,
     info.update(base_eval_loss=round(quality.base, 4), target_eval_loss=round(ratio * quality.base, 4),
                 seconds_to_target=round(quality.reached_at, 2) if quality.reached_at is not None else None,
                 reached=quality.reached_at is not None, curve=quality.curve,
+                seconds_to_ratio={str(r): next((p["wall"] for p in quality.curve if p["eval_loss"] <= r * quality.base),
+                                               None) for r in (0.8, 0.7, 0.6, 0.5)},
                 best_eval_loss=min(p["eval_loss"] for p in quality.curve),
                 peak_rss_bytes=peak_rss_bytes())
     return info
