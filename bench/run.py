@@ -150,6 +150,9 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
             for name, kwargs in ablations.items()}
         results["dataset_cache"] = run_worker("train_bench:dataset_cache", cache_dir=str(work / "cache-data"))
         results["model_cache"] = run_worker("train_bench:model_cache", cache_dir=str(work / "cache-model"))
+    if wanted("profile"):
+        print("profile (one app LoRA step; full fine-tuning optimizer step)")
+        results["profile"] = run_worker("train_bench:profile_step", workdir=str(work / "profile"))
     if wanted("quality"):
         print("time to quality")
         results["time_to_quality"] = {
@@ -288,6 +291,17 @@ def markdown(results: dict) -> str:
             out.append(f"Converted-model cache: GGUF conversion {mc['convert_seconds']} s, already converted "
                        f"{mc['cached_seconds']} s.")
         out.append("")
+    prof = results.get("profile", {})
+    if "lora_step_seconds" in prof:
+        out += ["### Profile of one app LoRA step (batch of 8, shape "
+                f"{prof['padded_shape']}, {prof['tokens_in_batch']} tokens, {prof['trained_positions']} trained)", "",
+                f"- forward + backward: {prof['lora_step_seconds']} s; matmul share of CPU time "
+                f"{prof['profile_matmul_share']:.0%}; top ops (self ms): "
+                + ", ".join(f"{k} {v}" for k, v in list(prof["profile_top_ops_ms"].items())[:6]) + ".",
+                f"- alternative, logits only at trained positions: {prof['lora_step_lm_head_trained_only_seconds']} s "
+                f"({prof['lm_head_trained_only_speedup']}x).",
+                f"- full fine-tuning: forward + backward {prof['full_forward_backward_seconds']} s; optimizer step "
+                + ", ".join(f"{k} {v} s" for k, v in prof["full_optimizer_step_seconds"].items()) + ".", ""]
     ttq = results.get("time_to_quality")
     if ttq:
         out += ["### Time to quality (held-out answer loss <= 80% of the base model's; LoRA; evals excluded)", "",
@@ -381,7 +395,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few examples, short caps: checks the suite itself")
-    parser.add_argument("--only", help="comma-separated sections: throughput,ablations,quality,gui,chat")
+    parser.add_argument("--only", help="comma-separated sections: throughput,ablations,profile,quality,gui,chat")
     parser.add_argument("--out", default=str(RESULTS), help="folder for latest.json / latest.md")
     parser.add_argument("--report", metavar="JSON", help="only re-render the Markdown of a saved result file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

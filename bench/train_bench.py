@@ -423,3 +423,114 @@ def write_subset_json(path: str, n: int, offset: int = 0) -> dict:
     """``write_subset`` for the worker protocol (a JSON-ready result)."""
     write_subset(Path(path), n, offset)
     return {"path": path, "examples": n}
+
+
+# ------------------------------------------------------------------------------------------ profile
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def profile_step(workdir: str, batch_size: int = 8, repeats: int = 3) -> dict:
+    """Where one app LoRA step's time goes, and two alternatives measured on the same batch:
+
+    - ops: torch.profiler self-CPU time per op for forward + backward (matmuls vs the rest);
+    - ``lm_head_trained_only``: the logits (576 x 49152 matmul and the fp32 [batch, seq, 49152] tensor)
+      computed only at the positions whose next token is trained (answers only), instead of everywhere;
+    - optimizer step of full fine-tuning: AdamW (foreach, the Trainer's adamw_torch), AdamW fused,
+      Adafactor (what the tutorials use).
+    """
+    import torch
+
+    from core.config import ModelConfig
+    from core.models import load_tokenizer
+    from core.training import PadToLongestCollator
+
+    tokenizer = load_tokenizer(ModelConfig())
+    data_file = write_subset(Path(workdir) / "profile.jsonl", 64)
+    _, prepared = _prepared(str(data_file), tokenizer)
+    train = prepared.train
+    # A typical length-grouped batch: 8 consecutive examples after sorting by length, from the middle.
+    order = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]))
+    middle = len(order) // 2
+    batch = PadToLongestCollator(tokenizer.pad_token_id)([train[i] for i in order[middle: middle + batch_size]])
+    n_tokens = int(batch["attention_mask"].sum())
+    n_trained = int((batch["labels"][:, 1:] != -100).sum())
+    model = _model("lora")
+    model.train()
+
+    def default_step():
+        loss = model(**batch).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    base = model.get_base_model()
+
+    def trained_only_step():
+        hidden = base.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        labels = batch["labels"][:, 1:]
+        keep = labels != -100
+        logits = base.lm_head(hidden[:, :-1][keep])
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[keep])
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    default_step()
+    trained_only_step()
+    default_s = _median_seconds(default_step, repeats)
+    trained_s = _median_seconds(trained_only_step, repeats)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        default_step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    matmul_names = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
+                    "aten::_scaled_dot_product_flash_attention_for_cpu",
+                    "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+    matmul_share = sum(e.self_cpu_time_total for e in events if e.key in matmul_names) / total
+    result = {"batch_size": batch_size, "tokens_in_batch": n_tokens, "trained_positions": n_trained,
+              "padded_shape": list(batch["input_ids"].shape),
+              "lora_step_seconds": round(default_s, 3), "lora_step_lm_head_trained_only_seconds": round(trained_s, 3),
+              "lm_head_trained_only_speedup": round(default_s / trained_s, 3),
+              "profile_matmul_share": round(matmul_share, 3),
+              "profile_top_ops_ms": {e.key: round(e.self_cpu_time_total / 1000, 1) for e in top}}
+    model = base = None  # free the LoRA model before the full one loads
+    # Full fine-tuning optimizer step over every weight (135 M parameters).
+    from transformers.optimization import Adafactor
+
+    from core.config import ModelConfig as _MC
+    from core.models import load_model
+
+    full = load_model(_MC(), device="cpu")
+    full.train()
+    loss = full(**batch).loss
+    loss.backward()
+    params = [p for p in full.parameters() if p.requires_grad]
+    optimizers = {
+        "adamw_foreach": lambda: torch.optim.AdamW(params, lr=2e-4, foreach=True),
+        "adamw_fused": lambda: torch.optim.AdamW(params, lr=2e-4, fused=True),
+        "adafactor": lambda: Adafactor(params, lr=2e-4, scale_parameter=False, relative_step=False, warmup_init=False),
+    }
+    steps = {}
+    for name, make in optimizers.items():
+        try:
+            optimizer = make()
+            optimizer.step()  # creates the state
+            steps[name] = round(_median_seconds(optimizer.step, repeats), 3)
+            del optimizer
+        except (RuntimeError, TypeError, ValueError) as exc:
+            steps[name] = f"error: {exc}"[:200]
+    started = time.perf_counter()
+    full.zero_grad(set_to_none=False)
+    loss = full(**batch).loss
+    loss.backward()
+    result["full_forward_backward_seconds"] = round(time.perf_counter() - started, 3)
+    result["full_optimizer_step_seconds"] = steps
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    return result
