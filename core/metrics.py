@@ -62,13 +62,40 @@ class StatusEvent:
         return {"kind": "status", **{key: _json_safe(value) for key, value in dataclasses.asdict(self).items()}}
 
 
+@dataclass(frozen=True)
+class ProbeResult:
+    """One answer to a pinned probe prompt, generated greedily between training steps (core.probes)."""
+
+    step: int
+    prompt_index: int
+    prompt: str
+    answer: str
+    seconds: float  # generating this answer
+    n_tokens: int = 0  # new tokens in the answer
+    total_seconds: float = 0.0  # every probe answer of this training session so far, this one included
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict:
+        return {"kind": "probe", **{key: _json_safe(value) for key, value in dataclasses.asdict(self).items()}}
+
+
 @runtime_checkable
 class MetricsSink(Protocol):
-    """Anything that receives metric points and status events."""
+    """Anything that receives metric points and status events. A sink may also define
+    ``on_probe(result: ProbeResult)``; senders call it only when it is there (``emit_probe``), so older
+    sinks keep working."""
 
     def on_metric(self, point: MetricPoint) -> None: ...
 
     def on_status(self, event: StatusEvent) -> None: ...
+
+
+def emit_probe(sinks, result: ProbeResult) -> None:
+    """Hand ``result`` to every sink that has an ``on_probe`` method (it is optional)."""
+    for sink in sinks:
+        on_probe = getattr(sink, "on_probe", None)
+        if callable(on_probe):
+            on_probe(result)
 
 
 def _json_safe(value: Any) -> Any:
@@ -106,6 +133,9 @@ class JsonlSink:
 
     def on_status(self, event: StatusEvent) -> None:
         self._write(event.to_dict())
+
+    def on_probe(self, result: ProbeResult) -> None:
+        self._write(result.to_dict())
 
 
 def format_duration(seconds: float | None) -> str:
@@ -172,14 +202,32 @@ class ConsoleSink:
         self.stream.write(f"{event.state}: {event.message}\n")
         self.stream.flush()
 
+    def on_probe(self, result: ProbeResult) -> None:
+        if self._line_open:
+            self.stream.write("\n")
+            self._line_open = False
+        self.stream.write(f"probe {result.prompt_index + 1} @ step {result.step}: "
+                          f"{_one_line(result.prompt, 40)} -> {_one_line(result.answer, 80)}\n")
+        self.stream.flush()
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis (repr-quoted so blanks show)."""
+    flat = " ".join(text.split())
+    if len(flat) > limit:
+        flat = flat[: limit - 1] + "\u2026"
+    return repr(flat)
+
 
 class CallbackSink:
     """Forwards events to plain Python callables (the GUI connects these to Qt signals)."""
 
     def __init__(self, on_metric: Callable[[MetricPoint], None] | None = None,
-                 on_status: Callable[[StatusEvent], None] | None = None):
+                 on_status: Callable[[StatusEvent], None] | None = None,
+                 on_probe: Callable[[ProbeResult], None] | None = None):
         self._on_metric = on_metric
         self._on_status = on_status
+        self._on_probe = on_probe
 
     def on_metric(self, point: MetricPoint) -> None:
         if self._on_metric is not None:
@@ -188,3 +236,7 @@ class CallbackSink:
     def on_status(self, event: StatusEvent) -> None:
         if self._on_status is not None:
             self._on_status(event)
+
+    def on_probe(self, result: ProbeResult) -> None:
+        if self._on_probe is not None:
+            self._on_probe(result)

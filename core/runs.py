@@ -142,6 +142,18 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return records
 
 
+def read_probes(run_dir: str | os.PathLike) -> list[dict]:
+    """The probe answers of a run (``{"kind": "probe", "step", "prompt_index", "prompt", "answer",
+    "seconds", ...}`` lines of metrics.jsonl), ordered by step then prompt. A resumed run may probe again a
+    step already probed before the interruption: the later answer is the one kept."""
+    latest: dict[tuple[int, int], dict] = {}
+    for record in read_metrics(run_dir):
+        if (record.get("kind") == "probe" and isinstance(record.get("step"), int)
+                and isinstance(record.get("prompt_index"), int)):
+            latest[(record["step"], record["prompt_index"])] = record
+    return [latest[key] for key in sorted(latest)]
+
+
 def checkpoint_step(path: str | os.PathLike) -> int | None:
     """``.../checkpoint-40`` -> 40; None for other names."""
     match = _CHECKPOINT_RE.match(Path(path).name)

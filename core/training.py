@@ -79,6 +79,62 @@ class PadToLongestCollator:
         }
 
 
+# --------------------------------------------------------------------------------------------- processes
+def _process_rank() -> int:
+    """This process's global rank in a multi-process run (``accelerate launch`` / ``torchrun`` set RANK;
+    some launchers only LOCAL_RANK); 0 in an ordinary single-process run."""
+    for name in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _world_size() -> int:
+    value = os.environ.get("WORLD_SIZE", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def _is_main_process() -> bool:
+    """Whether this process owns the run folder: only rank 0 writes status.json, metrics.jsonl, config.yaml,
+    environment.json, probes.json and final/ (other ranks train the same Trainer and write nothing)."""
+    return _process_rank() == 0
+
+
+def _write_status(run_dir: Path, **fields) -> None:
+    if _is_main_process():
+        runs.write_status(run_dir, **fields)
+
+
+def _distributed() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+
+def _any_rank(flag: bool, device: Any) -> bool:
+    """True when ``flag`` is true on any rank (a no-op outside multi-process runs). Ranks must agree on
+    stopping at the same step: one rank leaving the loop early would leave the others waiting forever in
+    the next gradient all-reduce."""
+    if not _distributed():
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def _barrier() -> None:
+    if _distributed():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 # --------------------------------------------------------------------------------------------- helpers
 def _emit_metric(sinks: Iterable[MetricsSink], point: MetricPoint) -> None:
     for sink in sinks:
@@ -261,8 +317,8 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
             self.last_tokens = int(state.num_input_tokens_seen or 0)
             self.last_tokens_time = self.session_start
             self.last_step_time = self.session_start
-            runs.write_status(run_dir, state="running", global_step=int(state.global_step),
-                              total_steps=self.total_steps, message="training")
+            _write_status(run_dir, state="running", global_step=int(state.global_step),
+                          total_steps=self.total_steps, message="training")
             _emit_status(sinks, StatusEvent("running", f"training {self.total_steps} steps",
                                             step=int(state.global_step)))
 
@@ -275,13 +331,20 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
                                          else 0.7 * self.seconds_per_step + 0.3 * interval)
             self.last_step_time = now
             self.eval_in_between = False
-            if stop is not None and stop.is_set and not self.stopped_by_user:
+            requested = stop is not None and stop.is_set
+            # Every rank learns of a stop seen by any rank, so they all leave at the same step.
+            if not self.stopped_by_user and _any_rank(requested, args.device):
                 self.stopped_by_user = True
                 control.should_training_stop = True
                 control.should_save = True  # stop always leaves a resumable checkpoint
             return control
 
         def on_evaluate(self, args, state, control, **kwargs):
+            self.eval_in_between = True
+
+        def add_pause(self, seconds: float) -> None:
+            """Time spent outside training steps (probe answers): kept out of seconds/step and tokens/s."""
+            self.paused_seconds += seconds
             self.eval_in_between = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -326,35 +389,75 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
                 control.should_evaluate = False
             elif now - self.last_status_write > 2.0:
                 self.last_status_write = now
-                runs.write_status(run_dir, global_step=step, total_steps=self.total_steps,
-                                  train_seconds=self.elapsed())
+                _write_status(run_dir, global_step=step, total_steps=self.total_steps,
+                              train_seconds=self.elapsed())
             return control
 
         def on_save(self, args, state, control, **kwargs):
             folder = run_dir / runs.CHECKPOINTS_DIR / f"checkpoint-{state.global_step}"
+            # Every rank writes its own random-number state into the checkpoint: wait for all of them
+            # before rank 0 declares it complete.
+            _barrier()
+            if not (state.is_world_process_zero and _is_main_process()):
+                return control
             if folder.is_dir():
                 # Written only now, after the Trainer finished every file of the checkpoint.
                 atomic_write_text(folder / runs.COMPLETE_MARKER, f"{time.time()}\n")
             best = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
-            runs.write_status(run_dir, global_step=int(state.global_step), total_steps=self.total_steps,
-                              last_checkpoint=folder.name, best_checkpoint=best,
-                              best_eval_loss=self.best_eval_loss, train_seconds=self.elapsed())
+            _write_status(run_dir, global_step=int(state.global_step), total_steps=self.total_steps,
+                          last_checkpoint=folder.name, best_checkpoint=best, best_step=_best_step(state),
+                          best_eval_loss=self.best_eval_loss, train_seconds=self.elapsed())
             return control
 
     return StudioCallback()
 
 
 # --------------------------------------------------------------------------------------------- public API
+DEFAULT_PROBE_TOKENS = 24
+
+
+@dataclass(frozen=True)
+class _ProbeSettings:
+    prompts: list[str]
+    every: int | None  # None: at each checkpoint save
+    max_new_tokens: int
+
+
+def _check_probe_numbers(every: int | None, max_new_tokens: int) -> tuple[int | None, int]:
+    if every is not None and (not isinstance(every, int) or every < 1):
+        raise ConfigError("probe_every", f"must be a whole number of steps, at least 1 (got {every!r})")
+    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
+        raise ConfigError("probe_max_new_tokens", f"must be between 1 and 512 tokens (got {max_new_tokens!r}); "
+                                                  "probe answers run between steps, so keep them short")
+    return every, max_new_tokens
+
+
 def train(cfg: RunConfig, *, workspace: str | os.PathLike | None = None, run_dir: str | os.PathLike | None = None,
           sinks: Sequence[MetricsSink] = (), stop: StopToken | None = None,
-          extra_callbacks: Sequence[Any] = ()) -> RunResult:
+          extra_callbacks: Sequence[Any] = (), probes: Sequence[str] | None = None,
+          probe_every: int | None = None, probe_max_new_tokens: int = DEFAULT_PROBE_TOKENS) -> RunResult:
     """Train ``cfg`` in a new run folder (``run_dir``, or a new folder in ``workspace``).
+
+    ``probes``: up to 5 prompts answered greedily (``probe_max_new_tokens`` new tokens) at step 0 and
+    every ``probe_every`` steps (default: at each checkpoint save); each answer reaches the sinks'
+    optional ``on_probe`` as a ProbeResult and metrics.jsonl as a ``"probe"`` line (core.probes).
+
+    In a multi-process run (``accelerate launch`` / ``torchrun``) every rank calls this with the same
+    ``run_dir``; only rank 0 writes into it.
 
     Returns a RunResult for finished and stopped runs; raises TrainingError (out of memory, NaN loss,
     disk full), ModelError, DataError or ConfigError after recording ``failed`` in status.json."""
+    from core.probes import normalize_probes, save_probe_settings
+
     cfg = cfg.copy()
     cfg.validate()
     _check_reporting(cfg)
+    probe_prompts = normalize_probes(probes)
+    probe_every, probe_max_new_tokens = _check_probe_numbers(probe_every, probe_max_new_tokens)
+    if run_dir is None and _world_size() > 1:
+        # Each rank would create its own folder: the launcher must create one and pass it to every rank.
+        raise TrainingError("a multi-process run needs one run folder for every process: start it with "
+                            "`python main.py launch` (core.launch), which creates the folder and passes it on")
     if run_dir is None:
         from core.paths import default_workspace
 
@@ -364,11 +467,16 @@ def train(cfg: RunConfig, *, workspace: str | os.PathLike | None = None, run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.name:
         cfg.name = run_dir.name
-    cfg.save(run_dir / runs.CONFIG_FILE)
+    if _is_main_process():
+        cfg.save(run_dir / runs.CONFIG_FILE)
+        if probe_prompts:
+            save_probe_settings(run_dir, probe_prompts, probe_every, probe_max_new_tokens)
     now = time.time()
-    runs.write_status(run_dir, state="running", message="starting", global_step=0, total_steps=0,
-                      created=now, started=now, ended=None, train_seconds=0.0)
-    return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=None)
+    _write_status(run_dir, state="running", message="starting", global_step=0, total_steps=0,
+                  created=now, started=now, ended=None, train_seconds=0.0)
+    probe_settings = _ProbeSettings(probe_prompts, probe_every, probe_max_new_tokens)
+    return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=None,
+                probes=probe_settings)
 
 
 def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: int | str | os.PathLike | None = None) -> Path:
@@ -395,9 +503,13 @@ def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: int | str | os.Pa
 
 def resume(run_dir: str | os.PathLike, *, checkpoint: int | str | os.PathLike | None = None,
            sinks: Sequence[MetricsSink] = (), stop: StopToken | None = None,
-           extra_callbacks: Sequence[Any] = ()) -> RunResult:
+           extra_callbacks: Sequence[Any] = (), probes: Sequence[str] | None = None,
+           probe_every: int | None = None, probe_max_new_tokens: int | None = None) -> RunResult:
     """Continue a stopped or interrupted run from its latest (or the chosen) complete checkpoint,
-    with the optimizer, scheduler and random-number state saved there."""
+    with the optimizer, scheduler and random-number state saved there. The probe prompts (and their
+    interval and length) are those of run_dir/probes.json unless given here."""
+    from core.probes import load_probe_settings, normalize_probes, save_probe_settings
+
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise TrainingError(f"{run_dir}: not a run folder (no {runs.CONFIG_FILE})")
@@ -408,15 +520,24 @@ def resume(run_dir: str | os.PathLike, *, checkpoint: int | str | os.PathLike | 
         raise TrainingError(f"{run_dir}: this run already finished; start a new run to train further")
     cfg = runs.load_run_config(run_dir)
     start_from = resolve_checkpoint(run_dir, checkpoint)
-    runs.write_status(run_dir, state="running", message=f"resuming from {start_from.name}", ended=None)
+    saved = load_probe_settings(run_dir)
+    given = probes is not None or probe_every is not None or probe_max_new_tokens is not None
+    probe_prompts = normalize_probes(probes) if probes is not None else saved["prompts"]
+    probe_every, probe_max_new_tokens = _check_probe_numbers(
+        probe_every if probe_every is not None else saved["every"],
+        probe_max_new_tokens if probe_max_new_tokens is not None else saved["max_new_tokens"])
+    if given and _is_main_process():
+        save_probe_settings(run_dir, probe_prompts, probe_every, probe_max_new_tokens)
+    _write_status(run_dir, state="running", message=f"resuming from {start_from.name}", ended=None)
     return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=start_from,
-                prior_elapsed=float(status.get("train_seconds") or 0.0))
+                prior_elapsed=float(status.get("train_seconds") or 0.0),
+                probes=_ProbeSettings(probe_prompts, probe_every, probe_max_new_tokens))
 
 
 def _fail(run_dir: Path, sinks: Sequence[MetricsSink], message: str, step: int | None) -> None:
     try:
-        runs.write_status(run_dir, state="failed", message=message, ended=time.time(),
-                          **({"global_step": step} if step is not None else {}))
+        _write_status(run_dir, state="failed", message=message, ended=time.time(),
+                      **({"global_step": step} if step is not None else {}))
     except OSError:  # a full disk may refuse even this small file; the raised error still tells the user
         pass
     try:
@@ -437,16 +558,19 @@ def _remove_incomplete_checkpoints(run_dir: Path) -> None:
 
 
 def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: StopToken | None,
-         extra_callbacks: Sequence[Any], resume_from: Path | None, prior_elapsed: float = 0.0) -> RunResult:
+         extra_callbacks: Sequence[Any], resume_from: Path | None, prior_elapsed: float = 0.0,
+         probes: _ProbeSettings | None = None) -> RunResult:
     from core.metrics import JsonlSink
 
-    all_sinks: list[MetricsSink] = [JsonlSink(run_dir / runs.METRICS_FILE), *sinks]
+    # Ranks other than 0 report nothing: rank 0 speaks for the run (one metrics.jsonl, one console line).
+    all_sinks: list[MetricsSink] = [JsonlSink(run_dir / runs.METRICS_FILE), *sinks] if _is_main_process() else []
+    probes = probes or _ProbeSettings([], None, DEFAULT_PROBE_TOKENS)
     try:
-        return _train_steps(cfg, run_dir, all_sinks, stop, extra_callbacks, resume_from, prior_elapsed)
+        return _train_steps(cfg, run_dir, all_sinks, stop, extra_callbacks, resume_from, prior_elapsed, probes)
     except Cancelled as exc:
         # Stopped before training began (tokenizing, loading): nothing to save.
         message = f"stopped before training started ({exc})"
-        runs.write_status(run_dir, state="stopped", message=message, ended=time.time())
+        _write_status(run_dir, state="stopped", message=message, ended=time.time())
         _emit_status(all_sinks, StatusEvent("stopped", message))
         return RunResult(run_dir, "stopped", 0, None, None, None, message)
     except _NanLoss as exc:
@@ -458,7 +582,7 @@ def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: S
     except KeyboardInterrupt:
         last = runs.latest_checkpoint(run_dir)
         message = ("aborted (second Ctrl+C); " + (f"resume from {last.name}" if last else "no checkpoint was saved"))
-        runs.write_status(run_dir, state="stopped", message=message, ended=time.time())
+        _write_status(run_dir, state="stopped", message=message, ended=time.time())
         _emit_status(all_sinks, StatusEvent("stopped", message))
         raise
     except Exception as exc:
@@ -467,7 +591,8 @@ def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: S
             _fail(run_dir, all_sinks, message, None)
             raise TrainingError(message) from exc
         if _is_disk_full(exc):
-            _remove_incomplete_checkpoints(run_dir)
+            if _is_main_process():
+                _remove_incomplete_checkpoints(run_dir)
             last = runs.latest_checkpoint(run_dir)
             message = (f"the disk is full (while writing into {run_dir}). Free some space, or lower "
                        "`training.save_total_limit`; " +
@@ -479,6 +604,40 @@ def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: S
         raise
 
 
+def _best_step(state: Any) -> int | None:
+    """The step of the best checkpoint so far (None before the first evaluation that picked one)."""
+    step = getattr(state, "best_global_step", None)
+    if isinstance(step, int) and step > 0:
+        return step
+    if state.best_model_checkpoint:
+        return runs.checkpoint_step(state.best_model_checkpoint)
+    return None
+
+
+def _early_stopped_step(early_stopping: Any, state: Any, cfg: RunConfig) -> int | None:
+    """The step at which EarlyStoppingCallback ended the run, or None when it did not."""
+    if early_stopping is None:
+        return None
+    step = int(state.global_step)
+    ran_out_of_patience = early_stopping.early_stopping_patience_counter >= cfg.training.early_stopping_patience
+    return step if ran_out_of_patience and step < int(state.max_steps or step) else None
+
+
+def _early_stop_message(cfg: RunConfig, state: Any, step: int, best_checkpoint: Path | None,
+                        best_eval: float | None, kept_best: bool) -> str:
+    patience = cfg.training.early_stopping_patience
+    value = state.best_metric if isinstance(state.best_metric, (int, float)) else best_eval
+    best = best_checkpoint.name if best_checkpoint else None
+    head = (f"stopped early at step {step} (early stopping): eval loss did not improve for {patience} "
+            f"evaluation{'s' if patience != 1 else ''}")
+    if best is None:
+        return head + f"; final/ holds the weights of step {step}"
+    scored = f"{best} (eval loss {value:.4f})" if value is not None else best
+    if kept_best:  # the Trainer loaded the best checkpoint back before final/ was saved
+        return head + f"; best {scored} kept as final"
+    return head + f"; best was {scored}, final/ holds the weights of step {step}"
+
+
 class _NanLoss(Exception):
     def __init__(self, message: str, step: int):
         super().__init__(message)
@@ -486,14 +645,19 @@ class _NanLoss(Exception):
 
 
 def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], stop: StopToken | None,
-                 extra_callbacks: Sequence[Any], resume_from: Path | None, prior_elapsed: float) -> RunResult:
+                 extra_callbacks: Sequence[Any], resume_from: Path | None, prior_elapsed: float,
+                 probes: _ProbeSettings) -> RunResult:
     """The linear recipe: device -> data -> model -> arguments -> Trainer -> train -> save."""
     from core.devices import pick_device
     from core.hf_args import apply_method, training_arguments
+    from core.metrics import emit_probe
+    from core.probes import make_probe_callback
 
+    main = _is_main_process()
     device = pick_device(cfg.training.device)
     _check_method_supported(cfg, device)
-    atomic_write_text(run_dir / runs.ENVIRONMENT_FILE, json.dumps(environment_info(device), indent=2) + "\n")
+    if main:
+        atomic_write_text(run_dir / runs.ENVIRONMENT_FILE, json.dumps(environment_info(device), indent=2) + "\n")
 
     def progress(fraction: float | None, message: str) -> None:
         _emit_status(sinks, StatusEvent("running", message, fraction=fraction))
@@ -553,9 +717,19 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     studio_callback = _make_callback(sinks, stop, run_dir, device, prior_elapsed)
     studio_callback.total_steps = _planned_steps(args, len(train_dataset))
     callbacks: list[Any] = [studio_callback]
+    early_stopping = None
     if cfg.training.early_stopping_patience > 0 and eval_dataset is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience,
-                                               early_stopping_threshold=cfg.training.early_stopping_threshold))
+        early_stopping = EarlyStoppingCallback(early_stopping_patience=cfg.training.early_stopping_patience,
+                                               early_stopping_threshold=cfg.training.early_stopping_threshold)
+        callbacks.append(early_stopping)
+    if probes.prompts:
+        # Generation happens on rank 0 only; the other ranks simply wait for it at the next all-reduce.
+        callbacks.append(make_probe_callback(
+            probes.prompts, data_cfg=cfg.data, gen_cfg=cfg.generation, tokenizer=tokenizer,
+            emit=lambda result: emit_probe(sinks, result),
+            status=lambda message, step: _emit_status(sinks, StatusEvent("running", message, step=step)),
+            stop=stop, every=probes.every, max_new_tokens=probes.max_new_tokens,
+            on_pause=studio_callback.add_pause, enabled=main))
     callbacks.extend(extra_callbacks)
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                       data_collator=PadToLongestCollator(tokenizer.pad_token_id), processing_class=tokenizer,
@@ -578,6 +752,7 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     step = int(state.global_step)
     best_checkpoint = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
     best_eval = studio_callback.best_eval_loss
+    best_step = _best_step(state)
     if studio_callback.nan_step is not None:
         last = runs.latest_checkpoint(run_dir)
         raise _NanLoss(
@@ -589,9 +764,9 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     if studio_callback.stopped_by_user:
         last = runs.latest_checkpoint(run_dir)
         message = (f"stopped at step {step}" + (f"; resume from {last.name}" if last else ""))
-        runs.write_status(run_dir, state="stopped", message=message, global_step=step, ended=time.time(),
-                          best_checkpoint=best_checkpoint.name if best_checkpoint else None,
-                          best_eval_loss=best_eval, train_seconds=studio_callback.elapsed())
+        _write_status(run_dir, state="stopped", message=message, global_step=step, ended=time.time(),
+                      best_checkpoint=best_checkpoint.name if best_checkpoint else None, best_step=best_step,
+                      best_eval_loss=best_eval, train_seconds=studio_callback.elapsed())
         _emit_status(sinks, StatusEvent("stopped", message, step=step))
         return RunResult(run_dir, "stopped", step, None, best_checkpoint, best_eval, message)
 
@@ -599,18 +774,28 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     progress(None, "saving the final model")
     final_dir = run_dir / runs.FINAL_DIR
     partial = run_dir / (runs.FINAL_DIR + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    if main:
+        shutil.rmtree(partial, ignore_errors=True)
+    # Every rank calls save_model (sharded set-ups gather weights collectively); only rank 0 writes.
     trainer.save_model(str(partial))  # adapter (peft) or full model, plus the tokenizer
+    early_stopped_step = _early_stopped_step(early_stopping, state, cfg)
+    if not main:
+        message = f"finished at step {step} (rank {_process_rank()}; rank 0 saves the run)"
+        return RunResult(run_dir, "finished", step, None, best_checkpoint, best_eval, message)
     # A pickle nobody needs to load the model (config.yaml reproduces the run): keep final/ pickle-free.
     (partial / "training_args.bin").unlink(missing_ok=True)
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(partial, final_dir)
-    early = step < int(state.max_steps or step)
-    message = (f"finished at step {step}" + (" (early stopping: the eval loss stopped improving)" if early else "")
-               + (f"; best eval loss {best_eval:.4f} at {best_checkpoint.name}" if best_eval is not None
-                  and best_checkpoint else ""))
-    runs.write_status(run_dir, state="finished", message=message, global_step=step, ended=time.time(),
-                      best_checkpoint=best_checkpoint.name if best_checkpoint else None,
-                      best_eval_loss=best_eval, train_seconds=studio_callback.elapsed(), final_dir=runs.FINAL_DIR)
+    if early_stopped_step is not None:
+        message = _early_stop_message(cfg, state, early_stopped_step, best_checkpoint, best_eval,
+                                      kept_best=bool(args.load_best_model_at_end))
+    else:
+        message = (f"finished at step {step}"
+                   + (f"; best eval loss {best_eval:.4f} at {best_checkpoint.name}" if best_eval is not None
+                      and best_checkpoint else ""))
+    _write_status(run_dir, state="finished", message=message, global_step=step, ended=time.time(),
+                  best_checkpoint=best_checkpoint.name if best_checkpoint else None, best_step=best_step,
+                  best_eval_loss=best_eval, early_stopped_step=early_stopped_step,
+                  train_seconds=studio_callback.elapsed(), final_dir=runs.FINAL_DIR)
     _emit_status(sinks, StatusEvent("finished", message, step=step, fraction=1.0))
     return RunResult(run_dir, "finished", step, final_dir, best_checkpoint, best_eval, message)

@@ -303,10 +303,26 @@ def test_early_stopping_ends_the_run(cfg, tmp_path):
     cfg.training.eval_steps = cfg.training.save_steps = 2
     cfg.training.early_stopping_patience = 1
     cfg.training.early_stopping_threshold = 10.0  # no eval loss can improve by 10: stop at the 2nd eval
-    result = train(cfg, workspace=tmp_path / "ws")
+    events = []
+    result = train(cfg, workspace=tmp_path / "ws", sinks=[CallbackSink(on_status=events.append)])
     assert result.state == "finished" and result.global_step == 4
     assert "early stopping" in result.message and (result.final_dir / "adapter_model.safetensors").is_file()
     assert not (result.final_dir / "training_args.bin").exists()
+    # The eval at step 2 is the best (nothing improves by 10 after it): step 4 ran out of patience.
+    evals = {r["step"]: r["eval_loss"] for r in read_metrics(result.run_dir) if r["kind"] == "eval"}
+    status = read_status(result.run_dir)
+    assert status["early_stopped_step"] == 4 and status["best_step"] == 2
+    assert status["best_checkpoint"] == "checkpoint-2"
+    expected = (f"stopped early at step 4 (early stopping): eval loss did not improve for 1 evaluation; "
+                f"best checkpoint-2 (eval loss {evals[2]:.4f}) kept as final")
+    assert status["message"] == expected and result.message == expected
+    assert events[-1].state == "finished" and events[-1].message == expected and events[-1].step == 4
+
+    # A run that simply reaches max_steps has no early-stop mark.
+    cfg.training.early_stopping_patience = 0
+    cfg.training.max_steps = 2
+    plain = read_status(train(cfg, workspace=tmp_path / "ws").run_dir)
+    assert plain["early_stopped_step"] is None and plain["best_step"] == 2
 
 
 def test_qlora_refused_on_cpu_and_missing_model(cfg, tmp_path):
