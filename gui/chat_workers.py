@@ -14,6 +14,7 @@ Only frozen dataclasses cross threads.
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 import weakref
@@ -24,6 +25,11 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.cancel import StopToken
+
+# Loading is serialised: transformers' lazy imports are not thread-safe (two panes importing it for the
+# first time at once can fail with "cannot import name AutoTokenizer"), and on a small machine two
+# loads at once are no faster than one after the other.
+_LOAD_LOCK = threading.Lock()
 
 # Every QThread these helpers start, so tests (and shutdown code) can check none is left running.
 _THREADS: weakref.WeakSet[QThread] = weakref.WeakSet()
@@ -95,8 +101,6 @@ class SharedSessions:
     """
 
     def __init__(self, factory: Callable[[str, str | None], Any] | None = None):
-        import threading
-
         self._factory = factory or _default_session_factory
         self._lock = threading.Lock()
         self._key: tuple | None = None
@@ -140,7 +144,8 @@ class ChatWorker(QObject):
             if self._session is None or self._session_key != key:
                 self.statusChanged.emit(ChatStatus(request.generation_id, request.side, "Loading the model…"))
                 self._session = None  # free the previous model before loading the next one
-                self._session = self._factory(request.source, request.checkpoint)
+                with _LOAD_LOCK:
+                    self._session = self._factory(request.source, request.checkpoint)
                 self._session_key = key
                 load_seconds = time.perf_counter() - started
             if request.use_adapter and not getattr(self._session, "has_finetuned",
