@@ -9,6 +9,7 @@ plots are redrawn at most ~10 times a second however fast points arrive. Curves 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,10 @@ from PySide6.QtWidgets import (
 )
 
 REDRAW_INTERVAL_MS = 100  # at most ~10 redraws per second
+# The learning-rate and gradient-norm plots change slowly: live updates redraw them at most twice a
+# second. Each pyqtgraph repaint needs the GIL many times, and while training holds it every repaint
+# costs the event loop tens of milliseconds, so fewer repaints mean fewer stalls.
+SMALL_PLOTS_INTERVAL_S = 0.5
 # Above this many points a curve is drawn 1 px wide without antialiasing: Qt's antialiased wide strokes
 # of a long jagged polyline take seconds (measured: 100k noisy points, 2 px + AA: ~11 s; 1 px plain: ~10 ms).
 DENSE_POINTS = 4000
@@ -183,7 +188,10 @@ class TrainingPlots(QWidget):
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(REDRAW_INTERVAL_MS)
-        self._timer.timeout.connect(self.redraw)
+        self._timer.timeout.connect(self._live_redraw)
+        self._small_plots_drawn_at = 0.0
+        self._loss_dirty = False
+        self._small_dirty = False
 
         # -- controls --------------------------------------------------------------------------
         self._step_radio = QRadioButton("Steps")
@@ -299,6 +307,7 @@ class TrainingPlots(QWidget):
             loss = _number(_field(point, "loss"))
             if loss is not None:
                 self.train_loss.buffer.append(step, epoch, loss)
+            self._small_dirty = True
             lr = _number(_field(point, "learning_rate"))
             if lr is not None:
                 self.learning_rate.buffer.append(step, epoch, lr)
@@ -307,6 +316,7 @@ class TrainingPlots(QWidget):
                 self.grad_norm.buffer.append(step, epoch, grad)
         else:
             return
+        self._loss_dirty = True
         self.schedule_redraw()
 
     def add_points(self, points) -> None:
@@ -360,6 +370,7 @@ class TrainingPlots(QWidget):
     def _on_smoothing_changed(self, value: int) -> None:
         self.smoothing = value / 100.0
         self._smoothed_upto = 0  # the whole smoothed curve changes
+        self._loss_dirty = True
         self._update_smooth_label()
         self.schedule_redraw()
 
@@ -378,8 +389,18 @@ class TrainingPlots(QWidget):
         self._smoothed_upto = len(values)
         return self._smoothed[: len(values)]
 
-    def redraw(self) -> None:
-        """Push the buffers to the plot items (setData); pyqtgraph clips and downsamples on paint."""
+    def _live_redraw(self) -> None:
+        small_due = time.monotonic() - self._small_plots_drawn_at >= SMALL_PLOTS_INTERVAL_S
+        if self._loss_dirty or (self._small_dirty and small_due):
+            self.redraw(small_plots=small_due)
+        if self._small_dirty:
+            self.schedule_redraw()  # the small plots catch up within SMALL_PLOTS_INTERVAL_S
+
+    def redraw(self, small_plots: bool = True) -> None:
+        """Push the buffers to the plot items (setData); pyqtgraph clips and downsamples on paint.
+
+        ``small_plots=False`` updates only the loss plot (live redraws use it to spare the slowly
+        changing learning-rate and gradient-norm plots)."""
         self._timer.stop()
         axis = self.x_axis
         train = self.train_loss.buffer
@@ -394,8 +415,13 @@ class TrainingPlots(QWidget):
         else:
             self.train_loss.item.setData(train.x(axis), train.values)
             self._train_raw_item.setVisible(False)
-        for curve in (self.eval_loss, self.learning_rate, self.grad_norm):
-            curve.item.setData(curve.buffer.x(axis), curve.buffer.values)
+        self.eval_loss.item.setData(self.eval_loss.buffer.x(axis), self.eval_loss.buffer.values)
+        self._loss_dirty = False
+        if small_plots:
+            self._small_plots_drawn_at = time.monotonic()
+            self._small_dirty = False
+            for curve in (self.learning_rate, self.grad_norm):
+                curve.item.setData(curve.buffer.x(axis), curve.buffer.values)
         has_data = train.size > 0 or self.eval_loss.buffer.size > 0
         self._empty_text.setVisible(not has_data)
         self.redraw_count += 1

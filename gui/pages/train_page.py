@@ -1,0 +1,701 @@
+"""The Train page: the generated hyperparameter form, Start / Stop / Resume, live curves and a log.
+
+Training runs in ``gui.workers.TrainingController``'s thread; this page only reacts to the signals it
+relays (frozen MetricPoint / StatusEvent objects) on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.config import ConfigError, FieldProblem, RunConfig, field_meta
+from core.errors import StudioError
+from core.metrics import format_duration
+from gui.widgets.config_form import ConfigForm
+from gui.widgets.plots import TrainingPlots
+from gui.workers import TrainingController
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "resources" / "presets"
+RESUMABLE_STATES = ("stopped", "interrupted", "failed")
+
+STATE_STYLES = {
+    "idle": ("Ready", "#5b6776", "#eef1f4"),
+    "preparing": ("Preparing", "#8a5a00", "#fff4d6"),
+    "running": ("Training", "#1d5fbf", "#e3eefc"),
+    "stopping": ("Stopping...", "#8a5a00", "#fff4d6"),
+    "stopped": ("Stopped", "#6b4b00", "#fdf0cf"),
+    "finished": ("Finished", "#1e7a3a", "#dcf3e3"),
+    "failed": ("Failed", "#b42318", "#fde4e1"),
+    "interrupted": ("Interrupted", "#6b4b00", "#fdf0cf"),
+}
+
+PAGE_STYLE = """
+QPushButton#startButton { background: #2f6fd6; color: white; font-weight: bold; border-radius: 4px;
+                          padding: 6px 18px; border: 1px solid #265fb8; }
+QPushButton#startButton:disabled { background: #a9bfe3; border-color: #a9bfe3; }
+QPushButton#stopButton, QPushButton#resumeButton { padding: 6px 14px; }
+QLabel#blockedLabel { color: #b42318; }
+QFrame#errorBanner { background: #fde4e1; border: 1px solid #f0a59c; border-radius: 4px; }
+QLabel#errorText { color: #7a1a10; }
+QLabel#pageTitle { font-size: 18px; font-weight: bold; }
+QLabel#pageSubtitle { color: #5b6776; }
+QLabel.statValue { font-weight: bold; }
+QLabel#statCaption { color: #5b6776; }
+QLabel#presetDescription { color: #5b6776; }
+"""
+
+
+# -- presets ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    """A partial configuration (section -> {field: value}) with a title and a description."""
+
+    title: str
+    description: str
+    settings: dict
+    path: Path
+
+
+def load_presets(folder: Path = PRESETS_DIR) -> list[Preset]:
+    """Every ``*.yaml`` preset in ``folder``, in file-name order. Raises ConfigError for a broken file."""
+    presets = []
+    for path in sorted(Path(folder).glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError("preset", f"{path}: not valid YAML ({exc})") from None
+        info = raw.pop("preset", {}) or {}
+        preset = Preset(str(info.get("title") or path.stem), str(info.get("description") or ""), raw, path)
+        apply_preset(RunConfig(), preset)  # fail now, naming the file, rather than when it is picked
+        presets.append(preset)
+    return presets
+
+
+def apply_preset(cfg: RunConfig, preset: Preset) -> RunConfig:
+    """A copy of ``cfg`` with the preset's values set on top (other settings are kept)."""
+    result = cfg.copy()
+    for section, values in preset.settings.items():
+        if not isinstance(values, dict):
+            raise ConfigError(section, f"{preset.path}: a preset section must be a mapping")
+        for name, value in values.items():
+            try:
+                result.set_value(f"{section}.{name}", value)
+            except ConfigError as exc:
+                raise ConfigError(exc.field, f"{preset.path}: {exc.message}") from None
+    return result
+
+
+def find_resumable_run(workspace: Path) -> Path | None:
+    """The newest run in ``workspace`` that was stopped, interrupted or failed and has a checkpoint."""
+    from core import runs
+
+    try:
+        summaries = runs.list_runs(workspace)
+    except OSError:
+        return None
+    for summary in summaries:
+        if summary.state in RESUMABLE_STATES and runs.latest_checkpoint(summary.path) is not None:
+            return Path(summary.path)
+    return None
+
+
+def _format_bytes(n: float | None) -> str:
+    if not n:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _label_of(dotted: str) -> str:
+    section, _, name = dotted.partition(".")
+    try:
+        return field_meta(section, name).get("label") or name
+    except KeyError:
+        return dotted
+
+
+def describe_problem(problem: FieldProblem) -> str:
+    """"Learning rate must be between…" — the message, starting with the field's label."""
+    label = _label_of(problem.field)
+    return problem.message if problem.message.startswith(label) else f"{label}: {problem.message}"
+
+
+class _Stat(QWidget):
+    """A caption over a bold value (elapsed, ETA, speed...)."""
+
+    def __init__(self, caption: str, tooltip: str):
+        super().__init__()
+        self.caption = QLabel(caption)
+        self.caption.setObjectName("statCaption")
+        self.value = QLabel("–")
+        self.value.setProperty("class", "statValue")
+        font = self.value.font()
+        font.setBold(True)
+        self.value.setFont(font)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.caption)
+        layout.addWidget(self.value)
+        self.setToolTip(tooltip)
+
+    def set(self, text: str) -> None:
+        self.value.setText(text)
+
+
+class TrainPage(QWidget):
+    """Hyperparameters, Start/Stop/Resume, progress, live plots and the run log.
+
+    ``state`` is the shared ``gui.state.StudioState``; runs go into ``state.workspace``.
+    """
+
+    runEnded = Signal(object)  # the RunResult or the exception of the last run
+
+    def __init__(self, state, parent: QWidget | None = None, *, preload_delay_ms: int | None = 3000):
+        super().__init__(parent)
+        self.state = state
+        self.controller = TrainingController(self)
+        self.run_state = "idle"
+        self.current_run_dir: Path | None = None
+        self.resumable_run: Path | None = None
+        self.last_result: object = None
+        self._last_eval_loss: float | None = None
+        self._best_eval_loss: float | None = None
+        self._presets: list[Preset] = []
+        self.setStyleSheet(PAGE_STYLE)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal, self)
+        splitter.addWidget(self._build_settings_column())
+        splitter.addWidget(self._build_run_column())
+        splitter.setStretchFactor(0, 0)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([430, 900])
+        splitter.setChildrenCollapsible(False)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(12, 10, 12, 10)
+        layout.addWidget(splitter)
+
+        c = self.controller
+        c.metricReceived.connect(self._on_metric)
+        c.statusReceived.connect(self._on_status)
+        c.runStarted.connect(self._on_run_started)
+        c.runFinished.connect(self._on_run_finished)
+        c.runFailed.connect(self._on_run_failed)
+        c.busyChanged.connect(self._on_busy_changed)
+        c.preloaded.connect(self._on_preloaded)
+        self.state.configChanged.connect(self._on_config_changed)
+        self.form.valueEdited.connect(self._on_value_edited)
+        self.form.parseErrorsChanged.connect(self.revalidate)
+
+        self.form.set_config(self.state.config)
+        self._set_run_state("idle")
+        self.refresh_resumable()
+        self.revalidate()
+        if preload_delay_ms is not None:
+            # Import torch/transformers in the background while the user looks at another page.
+            QTimer.singleShot(preload_delay_ms, self.controller.preload)
+
+    # -- layout ----------------------------------------------------------------------------------
+    def _build_settings_column(self) -> QWidget:
+        inner = QWidget()
+        column = QVBoxLayout(inner)
+        column.setContentsMargins(0, 0, 8, 0)
+        title = QLabel("Train")
+        title.setObjectName("pageTitle")
+        subtitle = QLabel("Choose how to train, then press Start. Hover over any setting to learn what it does.")
+        subtitle.setObjectName("pageSubtitle")
+        subtitle.setWordWrap(True)
+        column.addWidget(title)
+        column.addWidget(subtitle)
+
+        preset_row = QHBoxLayout()
+        self.preset_combo = QComboBox()
+        self.preset_combo.setToolTip("Ready-made settings. Applying one changes only the settings it lists.")
+        self.preset_combo.currentIndexChanged.connect(self._show_preset_description)
+        self.apply_preset_button = QPushButton("Apply preset")
+        self.apply_preset_button.clicked.connect(self._apply_selected_preset)
+        preset_row.addWidget(QLabel("Preset:"))
+        preset_row.addWidget(self.preset_combo, 1)
+        preset_row.addWidget(self.apply_preset_button)
+        column.addLayout(preset_row)
+        self.preset_description = QLabel()
+        self.preset_description.setObjectName("presetDescription")
+        self.preset_description.setWordWrap(True)
+        column.addWidget(self.preset_description)
+        self._load_preset_list()
+
+        file_row = QHBoxLayout()
+        self.load_button = QPushButton("Load config…")
+        self.load_button.setToolTip("Read every setting from a config.yaml (e.g. one of an earlier run).")
+        self.load_button.clicked.connect(self._ask_load_config)
+        self.save_button = QPushButton("Save config…")
+        self.save_button.setToolTip("Write the current settings to a YAML file (use it with the command line).")
+        self.save_button.clicked.connect(self._ask_save_config)
+        file_row.addWidget(self.load_button)
+        file_row.addWidget(self.save_button)
+        file_row.addStretch(1)
+        column.addLayout(file_row)
+
+        self.form = ConfigForm(("method", "training"))
+        column.addWidget(self.form)
+
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(inner)
+        scroll.setMinimumWidth(400)
+        return scroll
+
+    def _build_run_column(self) -> QWidget:
+        column_widget = QWidget()
+        column = QVBoxLayout(column_widget)
+        column.setContentsMargins(8, 0, 0, 0)
+
+        actions = QHBoxLayout()
+        self.start_button = QPushButton("▶  Start training")
+        self.start_button.setObjectName("startButton")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("■  Stop")
+        self.stop_button.setObjectName("stopButton")
+        self.stop_button.setToolTip("Stop at the end of the current step; a checkpoint is saved so you can resume.")
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button = QPushButton("⟳  Resume")
+        self.resume_button.setObjectName("resumeButton")
+        self.resume_button.clicked.connect(self.resume)
+        self.state_chip = QLabel()
+        self.state_chip.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.state_chip.setMinimumWidth(96)
+        actions.addWidget(self.start_button)
+        actions.addWidget(self.stop_button)
+        actions.addWidget(self.resume_button)
+        actions.addStretch(1)
+        actions.addWidget(self.state_chip)
+        column.addLayout(actions)
+
+        self.blocked_label = QLabel()
+        self.blocked_label.setObjectName("blockedLabel")
+        self.blocked_label.setWordWrap(True)
+        self.blocked_label.setTextFormat(Qt.TextFormat.PlainText)
+        column.addWidget(self.blocked_label)
+
+        self.error_banner = QFrame()
+        self.error_banner.setObjectName("errorBanner")
+        banner = QHBoxLayout(self.error_banner)
+        banner.setContentsMargins(10, 6, 6, 6)
+        self.error_text = QLabel()
+        self.error_text.setObjectName("errorText")
+        self.error_text.setWordWrap(True)
+        self.error_text.setTextFormat(Qt.TextFormat.PlainText)
+        self.error_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        dismiss = QPushButton("Dismiss")
+        dismiss.setFlat(True)
+        dismiss.clicked.connect(lambda: self.error_banner.setVisible(False))
+        banner.addWidget(self.error_text, 1)
+        banner.addWidget(dismiss, 0, Qt.AlignmentFlag.AlignTop)
+        self.error_banner.setVisible(False)
+        column.addWidget(self.error_banner)
+
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setFormat("Not started")
+        column.addWidget(self.progress_bar)
+
+        stats = QGridLayout()
+        stats.setHorizontalSpacing(22)
+        self.stat_elapsed = _Stat("Elapsed", "Training time so far (including earlier sessions of a resumed run).")
+        self.stat_eta = _Stat("Time left", "Estimated from the wall time per step of this session, "
+                                           "evaluations and saves included.")
+        self.stat_speed = _Stat("Speed", "Trained (non-padding) tokens per second, and seconds per optimizer step.")
+        self.stat_memory = _Stat("Memory", "Peak memory of the training process (GPU memory on a GPU).")
+        self.stat_loss = _Stat("Train loss", "The latest training loss (lower is better).")
+        self.stat_eval = _Stat("Eval loss", "The latest loss on held-out examples, and the best so far. If it "
+                                            "rises while the train loss falls, the model is memorising.")
+        for index, stat in enumerate((self.stat_elapsed, self.stat_eta, self.stat_speed, self.stat_memory,
+                                      self.stat_loss, self.stat_eval)):
+            stats.addWidget(stat, 0, index)
+        stats.setColumnStretch(6, 1)
+        column.addLayout(stats)
+
+        self.plots = TrainingPlots()
+        self.plots.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+        log_box = QWidget()
+        log_layout = QVBoxLayout(log_box)
+        log_layout.setContentsMargins(0, 0, 0, 0)
+        log_title = QLabel("Log")
+        log_title.setObjectName("statCaption")
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.log_view.setPlaceholderText("Loading, tokenizing, training and saving messages appear here.")
+        try:
+            from gui.theme import monospace_font
+
+            self.log_view.setFont(monospace_font())
+        except ImportError:
+            self.log_view.setFont(QFont("monospace"))
+        log_layout.addWidget(log_title)
+        log_layout.addWidget(self.log_view)
+
+        vertical = QSplitter(Qt.Orientation.Vertical)
+        vertical.addWidget(self.plots)
+        vertical.addWidget(log_box)
+        vertical.setStretchFactor(0, 4)
+        vertical.setStretchFactor(1, 1)
+        vertical.setSizes([520, 140])
+        vertical.setChildrenCollapsible(False)
+        column.addWidget(vertical, 1)
+        return column_widget
+
+    # -- public API ------------------------------------------------------------------------------------
+    @property
+    def is_busy(self) -> bool:
+        """True while a training run (or its shutdown) is in progress."""
+        return self.controller.is_busy
+
+    def activate(self) -> None:
+        """First time the page is shown: make sure the heavy imports are under way."""
+        self.controller.preload()
+
+    def shutdown(self, timeout_ms: int = 60000) -> bool:
+        """Stop any run (a checkpoint is saved) and wait for the threads; False on timeout."""
+        if self.controller.is_busy:
+            self.controller.stop("the window is closing")
+        return self.controller.wait(timeout_ms)
+
+    def problems(self) -> list[FieldProblem]:
+        """What currently prevents Start: unreadable fields first, then RunConfig.problems()."""
+        unreadable = self.form.parse_errors()
+        # A field whose text cannot be read still holds its old value in the config: report it once.
+        skip = {problem.field for problem in unreadable}
+        return unreadable + [p for p in self.state.config.problems() if p.field not in skip]
+
+    @Slot()
+    def start(self) -> bool:
+        """Start a new run with the current settings; False (and the reason shown) when it cannot."""
+        if self.controller.is_busy:
+            return False
+        problems = self.problems()
+        if problems:
+            self.revalidate()
+            return False
+        self._reset_run_view()
+        self._log("Starting a new run with the current settings.")
+        self._set_run_state("preparing")
+        self.controller.start(self.state.config, self.state.workspace)
+        return True
+
+    @Slot()
+    def stop(self) -> bool:
+        """Ask the run to stop at the end of the current step (it then saves a checkpoint)."""
+        if self.controller.stop():
+            self._log("Stop requested: finishing the current step and saving a checkpoint…")
+            self._set_run_state("stopping")
+            return True
+        return False
+
+    @Slot()
+    def resume(self) -> bool:
+        """Continue the last stopped or interrupted run from its latest checkpoint."""
+        run_dir = self.resumable_run
+        if self.controller.is_busy or run_dir is None:
+            return False
+        self._reset_run_view()
+        from core.runs import read_metrics
+
+        try:
+            # Redraw the curves so far, so the resumed run continues the same lines.
+            self.plots.add_points(record for record in read_metrics(run_dir) if record.get("kind") != "status")
+            self.plots.redraw()
+        except (OSError, ValueError) as exc:
+            self._log(f"Could not read the earlier metrics: {exc}")
+        self._log(f"Resuming {run_dir.name} from its latest checkpoint.")
+        self._set_run_state("preparing")
+        self.controller.resume(run_dir)
+        return True
+
+    def load_config_file(self, path: str | Path) -> bool:
+        """Replace the settings with those of a config YAML; shows the error and returns False when bad."""
+        try:
+            cfg = RunConfig.load(path)
+        except StudioError as exc:
+            self.show_error(f"Could not load the config: {exc}")
+            return False
+        self.state.set_config(cfg)
+        self._log(f"Loaded the settings from {path}.")
+        return True
+
+    def save_config_file(self, path: str | Path) -> bool:
+        """Write the current settings as YAML."""
+        try:
+            self.state.config.save(path)
+        except OSError as exc:
+            self.show_error(f"Could not save the config to {path}: {exc.strerror or exc}")
+            return False
+        self._log(f"Saved the settings to {path}.")
+        return True
+
+    def apply_preset(self, title: str) -> None:
+        """Apply the preset named ``title`` on top of the current settings."""
+        for preset in self._presets:
+            if preset.title == title:
+                self.state.set_config(apply_preset(self.state.config, preset))
+                self._log(f"Applied the preset “{preset.title}”.")
+                return
+        raise KeyError(title)
+
+    def show_error(self, text: str) -> None:
+        """Show ``text`` in the red banner (non-blocking) and in the log."""
+        self.error_text.setText(text)
+        self.error_banner.setVisible(True)
+        self._log(text)
+
+    def refresh_resumable(self) -> None:
+        """Find the newest stopped or interrupted run with a checkpoint (Resume continues it)."""
+        run_dir = None
+        if self.controller.last_run_dir is not None:
+            from core import runs
+
+            last = self.controller.last_run_dir
+            status = runs.read_status(last) if last.exists() else {}
+            if status.get("state") in RESUMABLE_STATES and runs.latest_checkpoint(last) is not None:
+                run_dir = last
+        elif self.controller.last_run_dir is None:
+            # Right after start-up: offer the run that a crash or a closed window interrupted.
+            try:
+                run_dir = find_resumable_run(self.state.workspace)
+            except OSError:
+                run_dir = None
+        self.resumable_run = run_dir
+        self._update_buttons()
+
+    # -- validation ----------------------------------------------------------------------------------
+    @Slot()
+    def revalidate(self) -> None:
+        """Mark wrong fields and enable Start only when the configuration is valid."""
+        problems = self.problems()
+        form_fields = set(self.form.editors)
+        self.form.set_problems([p for p in problems if p.field in form_fields])
+        if problems:
+            first = describe_problem(problems[0])
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            where = "" if problems[0].field in form_fields else " (on another page)"
+            reason = f"Cannot start: {first}{where}{more}"
+            self.blocked_label.setText(reason)
+            self.blocked_label.setVisible(True)
+            self.start_button.setToolTip(reason + "\n\n" + "\n".join(describe_problem(p) for p in problems))
+        else:
+            self.blocked_label.setText("")
+            self.blocked_label.setVisible(False)
+            self.start_button.setToolTip("Train a new run with these settings (it gets its own folder).")
+        self._blocked = bool(problems)
+        self._update_buttons()
+
+    @Slot(object)
+    def _on_config_changed(self, _section: object) -> None:
+        self.form.set_config(self.state.config)
+        self.revalidate()
+
+    @Slot(str, object)
+    def _on_value_edited(self, dotted: str, value: object) -> None:
+        section, _, name = dotted.partition(".")
+        try:
+            self.state.update(section, name, value)
+        except ConfigError as exc:  # already coerced by the form; kept as a guard
+            self.show_error(str(exc))
+        self.form.set_config(self.state.config)  # relevance of dependent fields (e.g. epochs vs max steps)
+        self.revalidate()
+
+    def _update_buttons(self) -> None:
+        busy = self.controller.is_busy
+        self.start_button.setEnabled(not busy and not getattr(self, "_blocked", False))
+        self.stop_button.setEnabled(busy and self.run_state != "stopping")
+        self.resume_button.setEnabled(not busy and self.resumable_run is not None)
+        if self.resumable_run is not None:
+            self.resume_button.setToolTip(f"Continue {self.resumable_run.name} from its latest checkpoint.")
+        else:
+            self.resume_button.setToolTip("Continue a stopped or interrupted run (none right now).")
+        for widget in (self.form, self.preset_combo, self.apply_preset_button, self.load_button):
+            widget.setEnabled(not busy)
+
+    # -- presets and files ------------------------------------------------------------------------------
+    def _load_preset_list(self) -> None:
+        try:
+            self._presets = load_presets()
+        except ConfigError as exc:
+            self._presets = []
+            self.preset_description.setText(f"Presets unavailable: {exc}")
+        self.preset_combo.clear()
+        for preset in self._presets:
+            self.preset_combo.addItem(preset.title)
+        self.preset_combo.setEnabled(bool(self._presets))
+        self.apply_preset_button.setEnabled(bool(self._presets))
+        self._show_preset_description()
+
+    def _show_preset_description(self, *_args) -> None:
+        index = self.preset_combo.currentIndex()
+        if 0 <= index < len(self._presets):
+            self.preset_description.setText(self._presets[index].description)
+
+    def _apply_selected_preset(self) -> None:
+        index = self.preset_combo.currentIndex()
+        if 0 <= index < len(self._presets):
+            self.apply_preset(self._presets[index].title)
+
+    def _ask_load_config(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load settings", str(self.state.workspace),
+                                              "Config files (*.yaml *.yml);;All files (*)")
+        if path:
+            self.load_config_file(path)
+
+    def _ask_save_config(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save settings", str(self.state.workspace / "config.yaml"),
+                                              "Config files (*.yaml *.yml)")
+        if path:
+            self.save_config_file(path)
+
+    # -- run events (GUI thread) -----------------------------------------------------------------------
+    def _reset_run_view(self) -> None:
+        self.error_banner.setVisible(False)
+        self.plots.clear()
+        self.log_view.clear()
+        self._last_eval_loss = self._best_eval_loss = None
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("Starting…")
+        for stat in (self.stat_elapsed, self.stat_eta, self.stat_speed, self.stat_memory, self.stat_loss,
+                     self.stat_eval):
+            stat.set("–")
+
+    @Slot(object)
+    def _on_run_started(self, run_dir: object) -> None:
+        self.current_run_dir = Path(run_dir)  # type: ignore[arg-type]
+        self._log(f"Run folder: {self.current_run_dir}")
+
+    @Slot(object)
+    def _on_metric(self, point) -> None:
+        self.plots.add_point(point)
+        if self.run_state == "preparing":
+            self._set_run_state("running")
+        total = point.total_steps or 0
+        if total:
+            self.progress_bar.setValue(int(1000 * min(point.step / total, 1.0)))
+            self.progress_bar.setFormat(f"Step {point.step} / {total}  ({100 * point.step / total:.0f}%)")
+        self.stat_elapsed.set(format_duration(point.elapsed_seconds))
+        if point.eta_seconds is not None:
+            self.stat_eta.set(format_duration(point.eta_seconds))
+        speed = []
+        if point.tokens_per_second:
+            speed.append(f"{point.tokens_per_second:,.0f} tok/s")
+        if point.seconds_per_step:
+            speed.append(f"{point.seconds_per_step:.2f} s/step")
+        if speed:
+            self.stat_speed.set("  ·  ".join(speed))
+        memory = point.peak_memory_bytes or (point.memory or {}).get("rss_bytes")
+        if memory:
+            self.stat_memory.set(_format_bytes(memory))
+        if point.kind == "train" and point.loss is not None and math.isfinite(point.loss):
+            self.stat_loss.set(f"{point.loss:.4f}")
+        if point.kind == "eval" and point.eval_loss is not None:
+            self._last_eval_loss = point.eval_loss
+            if self._best_eval_loss is None or point.eval_loss < self._best_eval_loss:
+                self._best_eval_loss = point.eval_loss
+            self.stat_eval.set(f"{point.eval_loss:.4f}  (best {self._best_eval_loss:.4f})")
+            self._log(f"step {point.step}: eval loss {point.eval_loss:.4f}")
+
+    @Slot(object)
+    def _on_status(self, event) -> None:
+        state = event.state
+        self._log(f"{state}: {event.message}")
+        if state == "running":
+            if event.step is None and event.fraction is not None:
+                # Preparation progress (tokenizing...): show it in the bar until steps arrive.
+                self.progress_bar.setValue(int(1000 * max(0.0, min(event.fraction, 1.0))))
+                self.progress_bar.setFormat(f"{event.message[:60]}  {100 * event.fraction:.0f}%")
+            elif event.step is None:
+                self.progress_bar.setFormat(event.message[:80])
+            elif self.run_state != "stopping":
+                self._set_run_state("running")
+        elif state in ("stopped", "finished", "failed"):
+            self._set_run_state(state)
+            if state == "finished":
+                self.progress_bar.setValue(1000)
+
+    @Slot(object)
+    def _on_run_finished(self, result) -> None:
+        self.last_result = result
+        self._set_run_state(result.state)
+        if result.state == "finished":
+            self.progress_bar.setValue(1000)
+            self.progress_bar.setFormat(f"Finished at step {result.global_step}")
+            self.state.show_message(f"Training finished: {result.run_dir.name}")
+        elif result.state == "stopped":
+            self.progress_bar.setFormat(f"Stopped at step {result.global_step}: press Resume to continue")
+            self.state.show_message(f"Training stopped: {result.message}")
+        self.runEnded.emit(result)
+
+    @Slot(object)
+    def _on_run_failed(self, exc) -> None:
+        self.last_result = exc
+        self._set_run_state("failed")
+        if isinstance(exc, StudioError):
+            self.show_error(f"Training failed: {exc}")
+        else:
+            # A bug rather than a user-fixable problem: say so, keep the details in the log.
+            self.show_error(f"Training failed with an unexpected error: {type(exc).__name__}: {exc}")
+            details = getattr(exc, "__traceback_text__", "")
+            if details:
+                self.log_view.appendPlainText(details.rstrip())
+        self.progress_bar.setFormat("Failed")
+        self.state.show_message("Training failed")
+        self.runEnded.emit(exc)
+
+    @Slot(bool)
+    def _on_busy_changed(self, busy: bool) -> None:
+        if not busy:
+            self.refresh_resumable()
+        self._update_buttons()
+
+    @Slot(object)
+    def _on_preloaded(self, outcome: object) -> None:
+        if isinstance(outcome, BaseException):
+            self._log(f"Could not load the training libraries in advance: {outcome}")
+
+    def _set_run_state(self, state: str) -> None:
+        self.run_state = state
+        text, fg, bg = STATE_STYLES.get(state, (state.capitalize(), "#333", "#eee"))
+        self.state_chip.setText(f"● {text}")
+        self.state_chip.setStyleSheet(f"color: {fg}; background: {bg}; border-radius: 10px; padding: 3px 10px;"
+                                      "font-weight: bold;")
+        self._update_buttons()
+
+    def _log(self, text: str) -> None:
+        self.log_view.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
