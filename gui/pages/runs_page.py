@@ -272,12 +272,14 @@ class RunsPage(QWidget):
         compare.addWidget(diff_box)
         compare.setStretchFactor(0, 3)
         compare.setStretchFactor(1, 2)
+        compare.setSizes([720, 480])  # stretch factors alone leave the diff panel too narrow at first show
 
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(top)
         splitter.addWidget(compare)
         splitter.setStretchFactor(0, 1)
-        splitter.setStretchFactor(1, 1)
+        splitter.setStretchFactor(1, 2)
+        splitter.setSizes([260, 520])
         outer.addWidget(splitter, 1)
         self._update_actions()
 
