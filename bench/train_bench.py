@@ -451,6 +451,7 @@ def profile_step(workdir: str, batch_size: int = 8, repeats: int = 3) -> dict:
     from core.training import PadToLongestCollator
 
     tokenizer = load_tokenizer(ModelConfig())
+    Path(workdir).mkdir(parents=True, exist_ok=True)
     data_file = write_subset(Path(workdir) / "profile.jsonl", 64)
     _, prepared = _prepared(str(data_file), tokenizer)
     train = prepared.train
