@@ -611,9 +611,15 @@ class RunConfig:
         t, m, d = self.training, self.method, self.data
         if d.template == "custom" and not d.custom_template.strip():
             found.append(FieldProblem("data.custom_template", "the custom template is empty"))
-        if t.load_best_model_at_end and d.test_fraction == 0:
-            # Not an error: the engine falls back to the last checkpoint. Kept quiet on purpose.
-            pass
+        if t.load_best_model_at_end and d.test_fraction > 0 and t.save_steps % t.eval_steps != 0:
+            # The Trainer can only keep the best checkpoint if every save coincides with an evaluation.
+            found.append(
+                FieldProblem(
+                    "training.save_steps",
+                    f"with 'Keep the best checkpoint' on, save every ({t.save_steps}) must be a multiple of "
+                    f"evaluate every ({t.eval_steps})",
+                )
+            )
         if t.early_stopping_patience > 0 and d.test_fraction == 0:
             found.append(
                 FieldProblem(

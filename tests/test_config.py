@@ -82,3 +82,12 @@ def test_set_value_parses_strings_like_the_cli():
     with pytest.raises(ConfigError):
         cfg.set_value("training.nonexistent", "1")
     assert field_meta("training", "learning_rate")["min"] == 1e-8
+
+
+def test_best_checkpoint_needs_saves_on_evaluation_steps():
+    cfg = RunConfig()
+    cfg.training.eval_steps = 20
+    cfg.training.save_steps = 30
+    assert [p.field for p in cfg.problems()] == ["training.save_steps"]
+    cfg.training.load_best_model_at_end = False
+    assert cfg.problems() == []
