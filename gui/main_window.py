@@ -167,6 +167,9 @@ class MainWindow(QMainWindow):
             item.setSizeHint(QSize(150, 42))
             self.sidebar.addItem(item)
         self.sidebar.currentRowChanged.connect(self._on_row_changed)
+        train_page = self.pages.get("train")
+        if train_page is not None and hasattr(train_page, "chatWithCheckpoint"):
+            train_page.chatWithCheckpoint.connect(self.open_checkpoint_in_chat)
 
         self.device_label = QLabel(platform_device_text())
         self.ram_label = QLabel()
@@ -199,6 +202,16 @@ class MainWindow(QMainWindow):
         if key not in self._keys:
             raise KeyError(f"no page {key!r} (pages: {', '.join(self._keys)})")
         self.sidebar.setCurrentRow(self._keys.index(key))
+
+    @Slot(object)
+    def open_checkpoint_in_chat(self, request: object) -> None:
+        """(run_dir, step) from the Train page: show that checkpoint on the Chat page's fine-tuned side."""
+        run_dir, step = request  # type: ignore[misc]
+        chat = self.pages.get("chat")
+        if chat is None:
+            return
+        self.show_page("chat")
+        chat.open_checkpoint(run_dir, step)
 
     @Slot(int)
     def _on_row_changed(self, row: int) -> None:

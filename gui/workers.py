@@ -27,7 +27,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.cancel import StopToken
 from core.config import RunConfig
-from core.metrics import CallbackSink, StatusEvent
+from core.metrics import CallbackSink, MetricPoint, ProbeResult, StatusEvent
 
 # Every QThread this module started and that has not finished yet (tests assert it ends up empty).
 _LIVE_THREADS: weakref.WeakSet[QThread] = weakref.WeakSet()
@@ -81,10 +81,79 @@ def preimport_heavy_modules() -> float:
 class TrainingJob:
     """What the worker should do: train a new run from ``config``, or resume ``run_dir``."""
 
-    mode: str  # "train" | "resume"
+    mode: str  # "train" | "resume" | "launch" (several processes through core.launch)
     config: RunConfig | None = None
     workspace: Path | None = None
     run_dir: Path | None = None
+    probes: tuple[str, ...] = ()
+    probe_every: int | None = None
+    processes: int = 1
+
+
+_METRIC_FIELDS = set(MetricPoint.__dataclass_fields__)
+_STATUS_FIELDS = set(StatusEvent.__dataclass_fields__)
+_PROBE_FIELDS = set(ProbeResult.__dataclass_fields__)
+
+
+def _revive_numbers(record: dict) -> dict:
+    # JsonlSink writes NaN / inf as strings so the file stays valid JSON: turn them back into floats.
+    return {key: float(value) if isinstance(value, str) and value in ("nan", "inf", "-inf", "NaN", "Infinity",
+                                                                      "-Infinity") else value
+            for key, value in record.items()}
+
+
+def record_to_event(record: dict) -> MetricPoint | StatusEvent | ProbeResult | None:
+    """A metrics.jsonl line (dict) as the object a single-process run hands its sinks; None if unknown."""
+    kind = record.get("kind")
+    try:
+        if kind in ("train", "eval"):
+            return MetricPoint(**{k: v for k, v in _revive_numbers(record).items() if k in _METRIC_FIELDS})
+        if kind == "status":
+            return StatusEvent(**{k: v for k, v in record.items() if k in _STATUS_FIELDS})
+        if kind == "probe":
+            return ProbeResult(**{k: v for k, v in _revive_numbers(record).items() if k in _PROBE_FIELDS})
+    except TypeError:
+        return None  # a line missing a required field (another version wrote it): skip it
+    return None
+
+
+class MetricsTail:
+    """Reads the lines appended to a metrics.jsonl since the last call; a half-written last line waits."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> list[dict]:
+        """New complete JSON objects (torn or foreign lines are skipped)."""
+        import json
+
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # after the last newline: incomplete (or empty)
+        records = []
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line.decode("utf-8", errors="replace"))
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+
+TAIL_INTERVAL_S = 0.5
 
 
 class TrainingWorker(QObject):
@@ -92,6 +161,8 @@ class TrainingWorker(QObject):
 
     metric = Signal(object)  # core.metrics.MetricPoint
     status = Signal(object)  # core.metrics.StatusEvent
+    probe = Signal(object)  # core.metrics.ProbeResult
+    logLine = Signal(str)  # output of launched processes
     runDirReady = Signal(object)  # Path of the run folder, as soon as it exists
     succeeded = Signal(object)  # core.training.RunResult
     failed = Signal(object)  # the exception (with __traceback_text__)
@@ -121,18 +192,74 @@ class TrainingWorker(QObject):
         from core import training
         from core.runs import create_run_dir
 
-        sink = CallbackSink(on_metric=self.metric.emit, on_status=self.status.emit)
+        sink = CallbackSink(on_metric=self.metric.emit, on_status=self.status.emit, on_probe=self.probe.emit)
         job = self.job
+        probes = list(job.probes) or None
         if job.mode == "resume":
             assert job.run_dir is not None
             self.runDirReady.emit(Path(job.run_dir))
             return training.resume(job.run_dir, sinks=[sink], stop=self.stop)
         assert job.config is not None and job.workspace is not None
+        if job.mode == "launch":
+            return self._run_launched()
         # The folder is created here (not inside train) so the page knows it at once: Resume and
         # error messages can point at it even when the run stops during loading.
         run_dir = create_run_dir(job.workspace, job.config.name or time.strftime("run-%Y%m%d-%H%M%S"))
         self.runDirReady.emit(run_dir)
-        return training.train(job.config, workspace=job.workspace, run_dir=run_dir, sinks=[sink], stop=self.stop)
+        return training.train(job.config, workspace=job.workspace, run_dir=run_dir, sinks=[sink], stop=self.stop,
+                              probes=probes, probe_every=job.probe_every if probes else None)
+
+    def _run_launched(self) -> Any:
+        """Several processes via ``core.launch.launch_distributed`` on a helper thread; this thread supervises:
+        it finds the new run folder and tails its metrics.jsonl every ~0.5 s, emitting the same objects a
+        single-process run emits. Stop reaches every process through the StopToken."""
+        from core.launch import launch_distributed
+
+        job = self.job
+        workspace = Path(job.workspace)  # type: ignore[arg-type]
+        workspace.mkdir(parents=True, exist_ok=True)
+        before = {child.name for child in workspace.iterdir()}
+        outcome: dict[str, Any] = {}
+
+        def launch() -> None:
+            try:
+                outcome["result"] = launch_distributed(job.config, processes=job.processes, workspace=workspace,
+                                                       stop=self.stop, on_line=self.logLine.emit)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the supervising thread
+                exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
+                outcome["error"] = exc
+
+        self.status.emit(StatusEvent("running", f"Launching {job.processes} processes (accelerate)..."))
+        launcher = threading.Thread(target=launch, name="studio-launch", daemon=True)
+        launcher.start()
+        tail: MetricsTail | None = None
+        while True:
+            alive = launcher.is_alive()
+            if tail is None:
+                new = sorted(child for child in workspace.iterdir() if child.name not in before and child.is_dir())
+                if new:
+                    self.runDirReady.emit(new[0])
+                    tail = MetricsTail(new[0] / "metrics.jsonl")
+            if tail is not None:
+                self.emit_records(tail.read_new())
+            if not alive:
+                break
+            time.sleep(TAIL_INTERVAL_S)
+        launcher.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    def emit_records(self, records: list[dict]) -> None:
+        """Emit metrics.jsonl records as MetricPoint / StatusEvent / ProbeResult signals."""
+        for record in records:
+            event = record_to_event(record)
+            if isinstance(event, MetricPoint):
+                self.metric.emit(event)
+            elif isinstance(event, StatusEvent):
+                self.status.emit(event)
+            elif isinstance(event, ProbeResult):
+                self.probe.emit(event)
 
 
 class _PreloadWorker(QObject):
@@ -157,6 +284,8 @@ class TrainingController(QObject):
 
     metricReceived = Signal(object)
     statusReceived = Signal(object)
+    probeReceived = Signal(object)
+    logLine = Signal(str)
     runStarted = Signal(object)
     runFinished = Signal(object)
     runFailed = Signal(object)
@@ -212,9 +341,13 @@ class TrainingController(QObject):
         self._preload_thread = self._preload_worker = None
 
     # -- training ----------------------------------------------------------------------------------
-    def start(self, config: RunConfig, workspace: str | Path) -> None:
-        """Train a new run from a copy of ``config`` into a new folder under ``workspace``."""
-        self._launch(TrainingJob("train", config=config.copy(), workspace=Path(workspace)))
+    def start(self, config: RunConfig, workspace: str | Path, *, probes=(), probe_every: int | None = None,
+              processes: int = 1) -> None:
+        """Train a new run from a copy of ``config`` into a new folder under ``workspace``; ``processes`` > 1
+        runs it through ``core.launch.launch_distributed`` (probes are not supported there)."""
+        mode = "launch" if processes > 1 else "train"
+        self._launch(TrainingJob(mode, config=config.copy(), workspace=Path(workspace), probes=tuple(probes),
+                                 probe_every=probe_every, processes=int(processes)))
 
     def resume(self, run_dir: str | Path) -> None:
         """Continue ``run_dir`` from its latest complete checkpoint."""
@@ -233,6 +366,8 @@ class TrainingController(QObject):
         # Queued connections (worker thread -> this object's thread): slots run on the GUI thread.
         worker.metric.connect(self.metricReceived)
         worker.status.connect(self.statusReceived)
+        worker.probe.connect(self.probeReceived)
+        worker.logLine.connect(self.logLine)
         worker.runDirReady.connect(self._on_run_dir)
         worker.succeeded.connect(self.runFinished)
         worker.failed.connect(self.runFailed)

@@ -13,9 +13,13 @@ from pathlib import Path
 
 import yaml
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QFont
+from PySide6.QtGui import QCursor, QFont
 from PySide6.QtWidgets import (
     QComboBox,
+    QGroupBox,
+    QMenu,
+    QSpinBox,
+    QTabWidget,
     QFileDialog,
     QFrame,
     QGridLayout,
@@ -34,9 +38,16 @@ from PySide6.QtWidgets import (
 from core.config import ConfigError, FieldProblem, RunConfig, field_meta
 from core.errors import StudioError
 from core.metrics import format_duration
+from gui.tasks import TaskGroup
+from gui.widgets.coach_panel import CoachPanel
 from gui.widgets.config_form import ConfigForm
+from gui.widgets.estimate_panel import EstimatePanel
 from gui.widgets.plots import TrainingPlots
+from gui.widgets.probe_strip import ProbeEditor, ProbeStrips
 from gui.workers import TrainingController
+
+ESTIMATE_DEBOUNCE_MS = 600  # re-estimate this long after the last settings change
+CHECKPOINT_SCAN_INTERVAL_S = 2.0  # how often a live run's checkpoint folder is listed for markers
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "resources" / "presets"
 RESUMABLE_STATES = ("stopped", "interrupted", "failed")
@@ -176,6 +187,7 @@ class TrainPage(QWidget):
     """
 
     runEnded = Signal(object)  # the RunResult or the exception of the last run
+    chatWithCheckpoint = Signal(object)  # (run_dir: Path, checkpoint step: int): open it on the Chat page
 
     def __init__(self, state, parent: QWidget | None = None, *, preload_delay_ms: int | None = 3000):
         super().__init__(parent)
@@ -188,6 +200,16 @@ class TrainPage(QWidget):
         self._last_eval_loss: float | None = None
         self._best_eval_loss: float | None = None
         self._presets: list[Preset] = []
+        self.coach = None  # core.coach.Coach of the current run
+        self.estimate = None  # the latest core.estimate.Estimate
+        self._estimate_generation = 0  # estimates of older settings are dropped
+        self._checkpoints_scanned_at = 0.0
+        self.checkpoint_menu: QMenu | None = None
+        self.tasks = TaskGroup(self)
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(ESTIMATE_DEBOUNCE_MS)
+        self._estimate_timer.timeout.connect(self.refresh_estimate)
         self.setStyleSheet(PAGE_STYLE)
 
         splitter = QSplitter(Qt.Orientation.Horizontal, self)
@@ -209,6 +231,12 @@ class TrainPage(QWidget):
         c.runFailed.connect(self._on_run_failed)
         c.busyChanged.connect(self._on_busy_changed)
         c.preloaded.connect(self._on_preloaded)
+        c.probeReceived.connect(self._on_probe)
+        c.logLine.connect(self._on_launch_line)
+        self.coach_panel.applyRequested.connect(self.apply_advice)
+        self.plots.stepClicked.connect(self.offer_checkpoint_chat)
+        self.estimate_panel.applyPatch.connect(self.apply_patch)
+        self.estimate_panel.measureRequested.connect(self.measure_estimate)
         self.state.configChanged.connect(self._on_config_changed)
         self.form.valueEdited.connect(self._on_value_edited)
         self.form.parseErrorsChanged.connect(self.revalidate)
@@ -264,6 +292,11 @@ class TrainPage(QWidget):
 
         self.form = ConfigForm(("method", "training"))
         column.addWidget(self.form)
+        column.addWidget(self._build_run_on_box())
+        self.probe_editor = ProbeEditor()
+        column.addWidget(self.probe_editor)
+        self.estimate_panel = EstimatePanel()
+        column.addWidget(self.estimate_panel)
 
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
@@ -272,6 +305,70 @@ class TrainPage(QWidget):
         scroll.setWidget(inner)
         scroll.setMinimumWidth(400)
         return scroll
+
+    def _build_run_on_box(self) -> QWidget:
+        box = QGroupBox("Run on")
+        layout = QGridLayout(box)
+        self.device_combo = QComboBox()
+        self.device_combo.setToolTip("The device that trains (sets Training › device). The list shows this "
+                                     "machine's CPU and each GPU.")
+        self.device_combo.addItem("Automatic (best available)", "auto")
+        self.device_combo.addItem("CPU", "cpu")
+        self.device_combo.currentIndexChanged.connect(self._on_device_chosen)
+        self.processes_spin = QSpinBox()
+        self.processes_spin.setRange(1, 64)
+        self.processes_spin.setSuffix(" process(es)")
+        self.processes_spin.setToolTip("More than 1: data-parallel training in N processes through accelerate "
+                                       "(one per GPU; on a CPU they share the cores). Probe prompts are not "
+                                       "answered in multi-process runs.")
+        self.processes_spin.valueChanged.connect(self._on_processes_changed)
+        layout.addWidget(QLabel("Device:"), 0, 0)
+        layout.addWidget(self.device_combo, 0, 1)
+        layout.addWidget(QLabel("Processes (accelerate):"), 1, 0)
+        layout.addWidget(self.processes_spin, 1, 1)
+        layout.setColumnStretch(1, 1)
+        return box
+
+    def refresh_devices(self) -> None:
+        """List this machine's devices (core.devices.list_devices; cheap once torch is imported)."""
+        import sys
+
+        if "torch" not in sys.modules:
+            return  # would import torch on the GUI thread; the preload calls this again when done
+        from core.devices import list_devices
+
+        try:
+            devices = list_devices()
+        except Exception as exc:  # noqa: BLE001 - a broken driver must not break the page
+            self._log(f"Could not list the devices: {exc}")
+            return
+        self.device_combo.blockSignals(True)
+        self.device_combo.clear()
+        self.device_combo.addItem("Automatic (best available)", "auto")
+        for device in devices:
+            memory = f", {_format_bytes(device.total_memory)}" if device.total_memory else ""
+            self.device_combo.addItem(f"{device.name}{memory}", device.spec)
+        self.device_combo.blockSignals(False)
+        self._sync_device_combo()
+
+    def _sync_device_combo(self) -> None:
+        spec = self.state.config.training.device
+        index = self.device_combo.findData(spec)
+        self.device_combo.blockSignals(True)
+        if index < 0:
+            self.device_combo.addItem(spec, spec)
+            index = self.device_combo.count() - 1
+        self.device_combo.setCurrentIndex(index)
+        self.device_combo.blockSignals(False)
+
+    def _on_device_chosen(self, _index: int) -> None:
+        spec = self.device_combo.currentData()
+        if spec and spec != self.state.config.training.device:
+            self.state.update("training", "device", spec)
+
+    def _on_processes_changed(self, value: int) -> None:
+        self.probe_editor.setEnabled(value == 1)
+        self.schedule_estimate()
 
     def _build_run_column(self) -> QWidget:
         column_widget = QWidget()
@@ -366,12 +463,23 @@ class TrainPage(QWidget):
         log_layout.addWidget(log_title)
         log_layout.addWidget(self.log_view)
 
+        self.coach_panel = CoachPanel()
+        self.probe_strips = ProbeStrips()
+        self.bottom_tabs = QTabWidget()
+        self.bottom_tabs.addTab(self.probe_strips, "Probe answers")
+        self.bottom_tabs.addTab(log_box, "Log")
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(self.coach_panel)
+        bottom.addWidget(self.bottom_tabs)
+        bottom.setSizes([380, 520])
+        bottom.setChildrenCollapsible(False)
+
         vertical = QSplitter(Qt.Orientation.Vertical)
         vertical.addWidget(self.plots)
-        vertical.addWidget(log_box)
-        vertical.setStretchFactor(0, 4)
-        vertical.setStretchFactor(1, 1)
-        vertical.setSizes([520, 140])
+        vertical.addWidget(bottom)
+        vertical.setStretchFactor(0, 3)
+        vertical.setStretchFactor(1, 2)
+        vertical.setSizes([480, 260])
         vertical.setChildrenCollapsible(False)
         column.addWidget(vertical, 1)
         return column_widget
@@ -387,10 +495,168 @@ class TrainPage(QWidget):
         self.controller.preload()
 
     def shutdown(self, timeout_ms: int = 60000) -> bool:
-        """Stop any run (a checkpoint is saved) and wait for the threads; False on timeout."""
+        """Stop any run (a checkpoint is saved) and background estimates, wait for the threads; False on timeout."""
+        self._estimate_timer.stop()
         if self.controller.is_busy:
             self.controller.stop("the window is closing")
-        return self.controller.wait(timeout_ms)
+        tasks_done = self.tasks.shutdown(timeout_ms)
+        return self.controller.wait(timeout_ms) and tasks_done
+
+    # -- coach, checkpoints, estimate -----------------------------------------------------------------
+    @Slot(object)
+    def apply_advice(self, advice) -> None:
+        """Apply a coach suggestion to the settings (for the NEXT run)."""
+        from core.coach import apply_suggestion
+
+        try:
+            self.state.set_config(apply_suggestion(self.state.config, advice))
+        except ConfigError as exc:
+            self.show_error(f"Could not apply the suggestion: {exc}")
+            return
+        self._log(f"Applied the coach's suggestion for the next run: {advice.action}")
+
+    @Slot(object)
+    def apply_patch(self, patch: dict) -> None:
+        """Set ``{dotted field: value}`` on the settings (an estimate's make-it-fit suggestion)."""
+        cfg = self.state.config.copy()
+        try:
+            for dotted, value in patch.items():
+                cfg.set_value(dotted, value)
+        except ConfigError as exc:
+            self.show_error(f"Could not apply the change: {exc}")
+            return
+        self.state.set_config(cfg)
+        self._log("Changed " + ", ".join(f"{_label_of(k)} to {v}" for k, v in patch.items()) + ".")
+
+    def checkpoint_for_step(self, step: float, run_dir: Path | None = None) -> int | None:
+        """The step of the newest complete checkpoint at or before ``step`` in the shown run (None if none)."""
+        from core.runs import list_checkpoints
+
+        run_dir = run_dir or self.current_run_dir
+        if run_dir is None:
+            return None
+        candidates = [saved for saved, _path in list_checkpoints(run_dir) if saved <= step]
+        return candidates[-1] if candidates else None
+
+    @Slot(int)
+    def offer_checkpoint_chat(self, step: int) -> QMenu | None:
+        """A click on the loss curve: offer to chat with the checkpoint at or before ``step``."""
+        checkpoint = self.checkpoint_for_step(step)
+        if checkpoint is None:
+            self.state.show_message(f"No checkpoint saved at or before step {step} yet.")
+            return None
+        menu = QMenu(self)
+        action = menu.addAction(f"Chat with the model at checkpoint {checkpoint}")
+        run_dir = self.current_run_dir
+        action.triggered.connect(lambda: self.chatWithCheckpoint.emit((run_dir, checkpoint)))
+        self.checkpoint_menu = menu
+        menu.popup(QCursor.pos())
+        return menu
+
+    def _refresh_checkpoint_markers(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.current_run_dir is None or (not force and now - self._checkpoints_scanned_at
+                                            < CHECKPOINT_SCAN_INTERVAL_S):
+            return
+        self._checkpoints_scanned_at = now
+        from core.runs import list_checkpoints
+
+        try:
+            self.plots.set_checkpoints(step for step, _path in list_checkpoints(self.current_run_dir))
+        except OSError:
+            pass
+
+    def _show_run_markers(self, run_dir: Path) -> None:
+        from core.runs import read_status
+
+        status = read_status(run_dir)
+        self._refresh_checkpoint_markers(force=True)
+        self.plots.set_run_markers(best_step=status.get("best_step"),
+                                   early_stopped_step=status.get("early_stopped_step"))
+        if status.get("early_stopped_step") is not None:
+            best = status.get("best_checkpoint") or "the best checkpoint"
+            self._log(f"Early stopping ended the run at step {status['early_stopped_step']}; best: {best}.")
+
+    def show_run(self, run_dir: str | Path) -> None:
+        """Show a finished (or stopped) run: its curves, probe answers, coach advice, checkpoints and markers."""
+        from core.coach import Coach
+        from core.runs import load_run_config, read_metrics, read_probes
+
+        if self.controller.is_busy:
+            return
+        run_dir = Path(run_dir)
+        self._reset_run_view()
+        self.current_run_dir = run_dir
+        records = [r for r in read_metrics(run_dir) if r.get("kind") in ("train", "eval")]
+        self.plots.add_points(records)
+        try:
+            self.coach = Coach(load_run_config(run_dir))
+        except StudioError:
+            self.coach = Coach()
+        for advice in self.coach.review(records):
+            self.coach_panel.add_advice(advice)
+        for record in read_probes(run_dir):
+            self.probe_strips.add_result(record)
+        self.probe_editor.set_cost(self.probe_strips.seconds_per_round())
+        self._show_run_markers(run_dir)
+        self.plots.redraw()
+
+    def schedule_estimate(self) -> None:
+        """Re-estimate memory and time shortly after the settings stop changing."""
+        self._estimate_generation += 1
+        if not self.controller.is_busy and self.isVisible():
+            self._estimate_timer.start()
+
+    @Slot()
+    def refresh_estimate(self) -> None:
+        """Estimate memory and time of the current settings by formula, in a worker thread."""
+        from functools import partial
+
+        self._estimate_timer.stop()
+        if self.state.config.problems():
+            self.estimate_panel.show_busy("Fix the settings to see the memory and time estimate.")
+            return
+        generation = self._estimate_generation
+        cfg, processes = self.state.config.copy(), self.processes_spin.value()
+        task = self.tasks.run(partial(_estimate_with_fixes, cfg, processes), name="studio-estimate")
+        task.succeeded.connect(partial(self._on_estimate, generation))
+        task.failed.connect(partial(self._on_estimate_failed, generation))
+        task.start()
+        self.estimate_panel.show_busy("Estimating memory and time…")
+
+    @Slot()
+    def measure_estimate(self) -> None:
+        """Probe a few real training steps (core.estimate.probe, in a child process) for measured figures."""
+        from functools import partial
+
+        if self.state.config.problems() or self.controller.is_busy:
+            return
+        generation = self._estimate_generation
+        cfg, base = self.state.config.copy(), self.estimate
+        task = self.tasks.run(partial(_measure_with_fixes, cfg, base), name="studio-measure")
+        task.succeeded.connect(partial(self._on_estimate, generation))
+        task.failed.connect(partial(self._on_estimate_failed, generation))
+        task.start()
+        self.estimate_panel.measure_button.setEnabled(False)
+        self.estimate_panel.show_busy("Measuring a few real training steps…")
+
+    def _on_estimate(self, generation: int, outcome: object) -> None:
+        self.estimate_panel.measure_button.setEnabled(True)
+        if generation != self._estimate_generation:
+            return  # the settings changed meanwhile; a newer estimate follows
+        est, fixes = outcome  # type: ignore[misc]
+        self.estimate = est
+        self.estimate_panel.show_estimate(est, fixes)
+
+    def _on_estimate_failed(self, generation: int, exc: object) -> None:
+        self.estimate_panel.measure_button.setEnabled(True)
+        if generation == self._estimate_generation:
+            self.estimate_panel.show_error(str(exc))
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if self.estimate is None and not self.controller.is_busy:
+            self._estimate_timer.start()
 
     def problems(self) -> list[FieldProblem]:
         """What currently prevents Start: unreadable fields first, then RunConfig.problems()."""
@@ -408,10 +674,18 @@ class TrainPage(QWidget):
         if problems:
             self.revalidate()
             return False
+        from core.coach import Coach
+
+        self._estimate_timer.stop()
         self._reset_run_view()
-        self._log("Starting a new run with the current settings.")
+        self.coach = Coach(self.state.config)
+        processes = self.processes_spin.value()
+        probes = self.probe_editor.prompts() if processes == 1 else []
+        self._log("Starting a new run with the current settings"
+                  + (f" in {processes} processes." if processes > 1 else "."))
         self._set_run_state("preparing")
-        self.controller.start(self.state.config, self.state.workspace)
+        self.controller.start(self.state.config, self.state.workspace, probes=probes,
+                              probe_every=self.probe_editor.every(), processes=processes)
         return True
 
     @Slot()
@@ -438,6 +712,15 @@ class TrainPage(QWidget):
             self.plots.redraw()
         except (OSError, ValueError) as exc:
             self._log(f"Could not read the earlier metrics: {exc}")
+        from core.coach import Coach
+        from core.runs import load_run_config
+
+        try:
+            self.coach = Coach(load_run_config(run_dir))
+        except StudioError:
+            self.coach = Coach()
+        self.current_run_dir = run_dir
+        self._refresh_checkpoint_markers(force=True)
         self._log(f"Resuming {run_dir.name} from its latest checkpoint.")
         self._set_run_state("preparing")
         self.controller.resume(run_dir)
@@ -523,7 +806,10 @@ class TrainPage(QWidget):
     @Slot(object)
     def _on_config_changed(self, _section: object) -> None:
         self.form.set_config(self.state.config)
+        self._sync_device_combo()
+        self.probe_editor.set_save_interval(self.state.config.training.save_steps)
         self.revalidate()
+        self.schedule_estimate()
 
     @Slot(str, object)
     def _on_value_edited(self, dotted: str, value: object) -> None:
@@ -533,7 +819,10 @@ class TrainPage(QWidget):
         except ConfigError as exc:  # already coerced by the form; kept as a guard
             self.show_error(str(exc))
         self.form.set_config(self.state.config)  # relevance of dependent fields (e.g. epochs vs max steps)
+        self._sync_device_combo()
+        self.probe_editor.set_save_interval(self.state.config.training.save_steps)
         self.revalidate()
+        self.schedule_estimate()
 
     def _update_buttons(self) -> None:
         busy = self.controller.is_busy
@@ -544,8 +833,10 @@ class TrainPage(QWidget):
             self.resume_button.setToolTip(f"Continue {self.resumable_run.name} from its latest checkpoint.")
         else:
             self.resume_button.setToolTip("Continue a stopped or interrupted run (none right now).")
-        for widget in (self.form, self.preset_combo, self.apply_preset_button, self.load_button):
+        for widget in (self.form, self.preset_combo, self.apply_preset_button, self.load_button,
+                       self.device_combo, self.processes_spin, self.estimate_panel.measure_button):
             widget.setEnabled(not busy)
+        self.probe_editor.setEnabled(not busy and self.processes_spin.value() == 1)
 
     # -- presets and files ------------------------------------------------------------------------------
     def _load_preset_list(self) -> None:
@@ -587,6 +878,9 @@ class TrainPage(QWidget):
     def _reset_run_view(self) -> None:
         self.error_banner.setVisible(False)
         self.plots.clear()
+        self.coach_panel.clear()
+        self.probe_strips.clear()
+        self.probe_editor.set_cost(None)
         self.log_view.clear()
         self._last_eval_loss = self._best_eval_loss = None
         self.progress_bar.setValue(0)
@@ -603,6 +897,11 @@ class TrainPage(QWidget):
     @Slot(object)
     def _on_metric(self, point) -> None:
         self.plots.add_point(point)
+        if self.coach is not None:
+            for advice in self.coach.update(point):
+                self.coach_panel.add_advice(advice)
+                self._log(f"Coach: {advice.title} (step {advice.step})")
+        self._refresh_checkpoint_markers()
         if self.run_state == "preparing":
             self._set_run_state("running")
         total = point.total_steps or 0
@@ -650,15 +949,31 @@ class TrainPage(QWidget):
                 self.progress_bar.setValue(1000)
 
     @Slot(object)
+    def _on_probe(self, result) -> None:
+        self.probe_strips.add_result(result)
+        self.probe_editor.set_cost(self.probe_strips.seconds_per_round())
+
+    @Slot(str)
+    def _on_launch_line(self, line: str) -> None:
+        self.log_view.appendPlainText(line)
+
+    @Slot(object)
     def _on_run_finished(self, result) -> None:
         self.last_result = result
         self._set_run_state(result.state)
+        if getattr(result, "run_dir", None) is not None:
+            self.current_run_dir = Path(result.run_dir)
+            self._show_run_markers(self.current_run_dir)
+        if not hasattr(result, "global_step"):  # a LaunchResult (multi-process run): read status.json
+            global_step = (getattr(result, "status", None) or {}).get("global_step")
+        else:
+            global_step = result.global_step
         if result.state == "finished":
             self.progress_bar.setValue(1000)
-            self.progress_bar.setFormat(f"Finished at step {result.global_step}")
+            self.progress_bar.setFormat(f"Finished at step {global_step}")
             self.state.show_message(f"Training finished: {result.run_dir.name}")
         elif result.state == "stopped":
-            self.progress_bar.setFormat(f"Stopped at step {result.global_step}: press Resume to continue")
+            self.progress_bar.setFormat(f"Stopped at step {global_step}: press Resume to continue")
             self.state.show_message(f"Training stopped: {result.message}")
         self.runEnded.emit(result)
 
@@ -688,6 +1003,8 @@ class TrainPage(QWidget):
     def _on_preloaded(self, outcome: object) -> None:
         if isinstance(outcome, BaseException):
             self._log(f"Could not load the training libraries in advance: {outcome}")
+        else:
+            self.refresh_devices()
 
     def _set_run_state(self, state: str) -> None:
         self.run_state = state
@@ -699,3 +1016,19 @@ class TrainPage(QWidget):
 
     def _log(self, text: str) -> None:
         self.log_view.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
+
+
+def _estimate_with_fixes(cfg: RunConfig, processes: int, _progress, _stop):
+    """Worker side of the estimate panel: the formula estimate and, when it does not fit, the fixes."""
+    from core.estimate import estimate, make_it_fit
+
+    est = estimate(cfg, processes=processes)
+    return est, (make_it_fit(cfg, est) if est.fits is False else [])
+
+
+def _measure_with_fixes(cfg: RunConfig, base, _progress, stop):
+    """Worker side of "Measure": a few real steps in a child process (core.estimate.probe)."""
+    from core.estimate import make_it_fit, probe
+
+    est = probe(cfg, 3, base=base, stop=stop)
+    return est, (make_it_fit(cfg, est) if est.fits is False else [])

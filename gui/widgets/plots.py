@@ -39,6 +39,8 @@ TRAIN_RAW_COLOR = (47, 111, 214, 70)
 EVAL_COLOR = "#e0702b"
 LR_COLOR = "#2a9d8f"
 GRAD_COLOR = "#8e5bd6"
+CHECKPOINT_COLOR = "#f2c14e"
+BEST_COLOR = "#ffd000"
 
 
 class SeriesBuffer:
@@ -175,6 +177,7 @@ class TrainingPlots(QWidget):
     """
 
     redrawn = Signal()  # emitted after each (coalesced) redraw; tests and benchmarks wait on it
+    stepClicked = Signal(int)  # the training step of the loss point / checkpoint marker nearest a click
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -274,6 +277,28 @@ class TrainingPlots(QWidget):
         self.loss_plot.addItem(self._hover_marker, ignoreBounds=True)
         self.loss_plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
 
+        # Checkpoint markers (diamonds on the train curve), the best eval point (a star) and the step
+        # where early stopping ended the run (a vertical line with a label).
+        self.checkpoint_steps: list[int] = []
+        self.best_step: int | None = None
+        self.early_stopped_step: int | None = None
+        self._checkpoint_item = pg.ScatterPlotItem(symbol="d", size=11, pen=pg.mkPen("#333", width=1),
+                                                   brush=pg.mkBrush(CHECKPOINT_COLOR), name="checkpoint")
+        self._checkpoint_item.setZValue(5)
+        self.loss_plot.addItem(self._checkpoint_item)
+        legend.addItem(self._checkpoint_item, "checkpoint (click to chat)")
+        self._best_item = pg.ScatterPlotItem(symbol="star", size=20, pen=pg.mkPen("#7a5a00", width=1),
+                                             brush=pg.mkBrush(BEST_COLOR))
+        self._best_item.setZValue(6)
+        self.loss_plot.addItem(self._best_item)
+        self._early_line = pg.InfiniteLine(angle=90, movable=False,
+                                           pen=pg.mkPen("#b42318", width=1.5, style=Qt.PenStyle.DashLine),
+                                           label="", labelOpts={"position": 0.9, "color": "#b42318",
+                                                                "fill": (255, 255, 255, 200)})
+        self._early_line.setVisible(False)
+        self.loss_plot.addItem(self._early_line, ignoreBounds=True)
+        self.loss_plot.scene().sigMouseClicked.connect(self._on_mouse_clicked)
+
         self._empty_text = pg.TextItem("The curves appear here when training starts.", color="#888",
                                        anchor=(0.5, 0.5))
         self.loss_plot.addItem(self._empty_text, ignoreBounds=True)
@@ -325,9 +350,11 @@ class TrainingPlots(QWidget):
             self.add_point(point)
 
     def clear(self) -> None:
-        """Forget every point (a new run starts)."""
+        """Forget every point and marker (a new run starts)."""
         for curve in self._curves():
             curve.buffer.clear()
+        self.checkpoint_steps = []
+        self.best_step = self.early_stopped_step = None
         self._smoothed_upto = 0
         self.redraw()
 
@@ -339,6 +366,94 @@ class TrainingPlots(QWidget):
             "learning_rate": self.learning_rate.buffer.size,
             "grad_norm": self.grad_norm.buffer.size,
         }
+
+    def set_checkpoints(self, steps) -> None:
+        """Mark the saved checkpoints (steps) on the loss curve."""
+        steps = sorted({int(step) for step in steps})
+        if steps != self.checkpoint_steps:
+            self.checkpoint_steps = steps
+            self._loss_dirty = True
+            self.schedule_redraw()
+
+    def set_run_markers(self, *, best_step: int | None, early_stopped_step: int | None) -> None:
+        """Star the best evaluation (the best checkpoint) and mark where early stopping ended the run."""
+        self.best_step = None if best_step is None else int(best_step)
+        self.early_stopped_step = None if early_stopped_step is None else int(early_stopped_step)
+        self._loss_dirty = True
+        self.schedule_redraw()
+
+    def _to_axis(self, steps: np.ndarray) -> np.ndarray:
+        """Steps -> x values of the current axis (epochs are interpolated from the train points)."""
+        if self.x_axis == "step":
+            return steps
+        buffer = self.train_loss.buffer
+        epochs = buffer.x("epoch")
+        ok = np.isfinite(epochs)
+        if not ok.any():
+            return np.full(len(steps), np.nan)
+        return np.interp(steps, buffer.x("step")[ok], epochs[ok])
+
+    def _loss_at(self, steps: np.ndarray) -> np.ndarray:
+        """The drawn (smoothed) train loss at ``steps``; the eval loss when there is no train point yet."""
+        train = self.train_loss.buffer
+        if train.size:
+            ys = self._smoothed_train() if self.smoothing > 0 else train.values
+            return np.interp(steps, train.x("step"), ys)
+        evals = self.eval_loss.buffer
+        if evals.size:
+            return np.interp(steps, evals.x("step"), evals.values)
+        return np.full(len(steps), np.nan)
+
+    def _draw_markers(self) -> None:
+        if self.checkpoint_steps and (self.train_loss.buffer.size or self.eval_loss.buffer.size):
+            steps = np.asarray(self.checkpoint_steps, dtype=np.float64)
+            self._checkpoint_item.setData(self._to_axis(steps), self._loss_at(steps),
+                                          data=[int(s) for s in self.checkpoint_steps])
+        else:
+            self._checkpoint_item.setData([], [])
+        evals = self.eval_loss.buffer
+        best = None
+        if self.best_step is not None and evals.size:
+            matches = np.nonzero(evals.x("step") == self.best_step)[0]
+            if len(matches):
+                best = (float(evals.x(self.x_axis)[matches[-1]]), float(evals.values[matches[-1]]))
+        self._best_item.setData([best[0]] if best else [], [best[1]] if best else [])
+        if self.early_stopped_step is not None:
+            x = float(self._to_axis(np.asarray([float(self.early_stopped_step)]))[0])
+            self._early_line.setValue(x)
+            self._early_line.label.setFormat(f"stopped early at step {self.early_stopped_step}")
+            self._early_line.setVisible(math.isfinite(x))
+        else:
+            self._early_line.setVisible(False)
+
+    def step_near(self, x: float, y: float | None = None) -> int | None:
+        """The training step of the loss point or checkpoint marker nearest ``(x, y)`` (view coordinates)."""
+        found = self.nearest_point(x, y)
+        candidates = []
+        if found is not None:
+            name, px, _py = found
+            curve = self.train_loss if name == "train loss" else self.eval_loss
+            xs = curve.buffer.x(self.x_axis)
+            index = int(np.argmin(np.abs(xs - px)))
+            candidates.append((abs(px - x), int(curve.buffer.x("step")[index])))
+        if self.checkpoint_steps:
+            marks = self._to_axis(np.asarray(self.checkpoint_steps, dtype=np.float64))
+            index = int(np.nanargmin(np.abs(marks - x))) if np.isfinite(marks).any() else None
+            if index is not None:
+                # A marker wins when it is at least as close as the nearest data point.
+                candidates.append((abs(marks[index] - x) - 1e-9, self.checkpoint_steps[index]))
+        return min(candidates)[1] if candidates else None
+
+    def _on_mouse_clicked(self, event) -> None:
+        if event.button() != Qt.MouseButton.LeftButton or event.double():
+            return
+        plot_item = self.loss_plot.getPlotItem()
+        if not plot_item.vb.sceneBoundingRect().contains(event.scenePos()):
+            return
+        mapped = plot_item.vb.mapSceneToView(event.scenePos())
+        step = self.step_near(mapped.x(), mapped.y())
+        if step is not None:
+            self.stepClicked.emit(step)
 
     def _curves(self) -> list[_Curve]:
         return [self.train_loss, self.eval_loss, self.learning_rate, self.grad_norm]
@@ -416,6 +531,7 @@ class TrainingPlots(QWidget):
             self.train_loss.item.setData(train.x(axis), train.values)
             self._train_raw_item.setVisible(False)
         self.eval_loss.item.setData(self.eval_loss.buffer.x(axis), self.eval_loss.buffer.values)
+        self._draw_markers()
         self._loss_dirty = False
         if small_plots:
             self._small_plots_drawn_at = time.monotonic()
