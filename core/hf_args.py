@@ -178,7 +178,9 @@ def training_arguments(run_cfg: RunConfig, output_dir: str, device, *, eval_avai
         gradient_accumulation_steps=t.gradient_accumulation,
         warmup_steps=warmup,
         lr_scheduler_type=t.scheduler,
-        optim={"adamw": "adamw_torch", "adafactor": "adafactor"}[t.optimizer],
+        # The fused AdamW kernel (transformers' own default on recent torch) makes the optimizer step
+        # ~10x cheaper for full fine-tuning on CPU (bench: 0.54 s -> 0.046 s per step for SmolLM2).
+        optim={"adamw": "adamw_torch_fused", "adafactor": "adafactor"}[t.optimizer],
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         logging_strategy="steps",

@@ -195,7 +195,7 @@ def test_every_training_field_is_accounted_for():
 def test_training_arguments_defaults_and_variants(tmp_path):
     cfg = RunConfig()
     args = hf_args.training_arguments(cfg, str(tmp_path), "cpu")
-    assert args.optim.value == "adamw_torch"
+    assert args.optim.value == "adamw_torch_fused"
     assert args.lr_scheduler_type.value == "cosine"
     assert args.train_sampling_strategy == "group_by_length"
     assert args.save_total_limit == 3
