@@ -500,7 +500,9 @@ class TrainPage(QWidget):
         if self.controller.is_busy:
             self.controller.stop("the window is closing")
         tasks_done = self.tasks.shutdown(timeout_ms)
-        return self.controller.wait(timeout_ms) and tasks_done
+        finished = self.controller.wait(timeout_ms) and tasks_done
+        self.plots.flush()
+        return finished
 
     # -- coach, checkpoints, estimate -----------------------------------------------------------------
     @Slot(object)

@@ -464,6 +464,11 @@ class TrainingPlots(QWidget):
         if not self._timer.isActive():
             self._timer.start()
 
+    def flush(self) -> None:
+        """Do a pending redraw now (and stop the redraw timer): before closing, or for a screenshot."""
+        if self._timer.isActive():
+            self.redraw()
+
     def set_x_axis(self, axis: str) -> None:
         """"step" or "epoch"."""
         if axis not in ("step", "epoch"):
