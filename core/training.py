@@ -628,8 +628,10 @@ def _early_stop_message(cfg: RunConfig, state: Any, step: int, best_checkpoint: 
     patience = cfg.training.early_stopping_patience
     value = state.best_metric if isinstance(state.best_metric, (int, float)) else best_eval
     best = best_checkpoint.name if best_checkpoint else None
-    head = (f"stopped early at step {step} (early stopping): eval loss did not improve for {patience} "
-            f"evaluation{'s' if patience != 1 else ''}")
+    threshold = cfg.training.early_stopping_threshold
+    head = (f"stopped early at step {step} (early stopping): eval loss did not improve"
+            + (f" by at least {threshold:g}" if threshold > 0 else "")
+            + f" for {patience} evaluation{'s' if patience != 1 else ''}")
     if best is None:
         return head + f"; final/ holds the weights of step {step}"
     scored = f"{best} (eval loss {value:.4f})" if value is not None else best

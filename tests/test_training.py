@@ -308,13 +308,15 @@ def test_early_stopping_ends_the_run(cfg, tmp_path):
     assert result.state == "finished" and result.global_step == 4
     assert "early stopping" in result.message and (result.final_dir / "adapter_model.safetensors").is_file()
     assert not (result.final_dir / "training_args.bin").exists()
-    # The eval at step 2 is the best (nothing improves by 10 after it): step 4 ran out of patience.
+    # Nothing improves by 10, so step 4 ran out of patience; the best checkpoint is still the lower of
+    # the two eval losses (the threshold only decides about stopping).
     evals = {r["step"]: r["eval_loss"] for r in read_metrics(result.run_dir) if r["kind"] == "eval"}
+    best = min((2, 4), key=evals.__getitem__)
     status = read_status(result.run_dir)
-    assert status["early_stopped_step"] == 4 and status["best_step"] == 2
-    assert status["best_checkpoint"] == "checkpoint-2"
-    expected = (f"stopped early at step 4 (early stopping): eval loss did not improve for 1 evaluation; "
-                f"best checkpoint-2 (eval loss {evals[2]:.4f}) kept as final")
+    assert status["early_stopped_step"] == 4 and status["best_step"] == best
+    assert status["best_checkpoint"] == f"checkpoint-{best}"
+    expected = (f"stopped early at step 4 (early stopping): eval loss did not improve by at least 10 for 1 evaluation; "
+                f"best checkpoint-{best} (eval loss {evals[best]:.4f}) kept as final")
     assert status["message"] == expected and result.message == expected
     assert events[-1].state == "finished" and events[-1].message == expected and events[-1].step == 4
 
@@ -367,3 +369,30 @@ def test_cli_train_flags_and_runs_table(cfg, tmp_path, capsys):
     assert table[0].split()[:3] == ["NAME", "STATUS", "STEPS"]
     assert table[1].split()[:4] == ["cli-run", "finished", "2/2", f"{read_status(run)['best_eval_loss']:.4f}"]
     assert main(["train", "--config", str(config), "--set", "training.nope=1"]) == 2
+
+
+# --------------------------------------------------------------------------------------------- multi-process
+def test_only_rank_zero_writes_the_run_folder(cfg, tmp_path, monkeypatch):
+    """A rank other than 0 trains but leaves status, metrics, config, environment, probes and final/ to
+    rank 0 (the 2-process run itself is tests/test_launch.py); without a given folder a multi-process
+    run is refused, since every rank would make its own."""
+    from core.training import train
+
+    cfg.training.max_steps = 2
+    cfg.training.eval_before_training = False
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TrainingError, match="one run folder for every process"):
+        train(cfg, workspace=tmp_path / "ws")
+    # Rank 1 without a real process group (accelerate would try to join one on seeing RANK/WORLD_SIZE).
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setattr("core.training._process_rank", lambda: 1)
+    run = tmp_path / "shared-run"
+    events = []
+    result = train(cfg, run_dir=run, probes=["What is 1 plus 1?"], sinks=[CallbackSink(events.append, events.append)])
+    assert result.state == "finished" and result.global_step == 2 and "rank 1" in result.message
+    assert result.final_dir is None and events == []
+    # Only what the Trainer itself writes (here it believes it is alone, so it also saves checkpoints and
+    # final.partial; in a real process group it writes nothing on rank 1).
+    ours = {"config.yaml", "status.json", "metrics.jsonl", "environment.json", "probes.json", "final"}
+    assert not ours & {p.name for p in run.iterdir()}
+    assert not list(run.glob("checkpoints/*/COMPLETE"))
