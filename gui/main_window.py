@@ -170,6 +170,10 @@ class MainWindow(QMainWindow):
         train_page = self.pages.get("train")
         if train_page is not None and hasattr(train_page, "chatWithCheckpoint"):
             train_page.chatWithCheckpoint.connect(self.open_checkpoint_in_chat)
+        runs_page = self.pages.get("runs")
+        if runs_page is not None and hasattr(runs_page, "runOpened"):
+            runs_page.runOpened.connect(self.open_run)
+            runs_page.navigateRequested.connect(self.show_page)
 
         self.device_label = QLabel(platform_device_text())
         self.ram_label = QLabel()
@@ -202,6 +206,22 @@ class MainWindow(QMainWindow):
         if key not in self._keys:
             raise KeyError(f"no page {key!r} (pages: {', '.join(self._keys)})")
         self.sidebar.setCurrentRow(self._keys.index(key))
+
+    @Slot(object)
+    def open_run(self, run_dir: object) -> None:
+        """A run chosen on the Runs page: its settings and curves come back into the Train page."""
+        train = self.pages.get("train")
+        if train is None:
+            return
+        from core.errors import StudioError
+        from core.runs import load_run_config
+
+        try:
+            self.state.set_config(load_run_config(run_dir))
+        except StudioError as exc:
+            self.show_message(f"Could not read the run's settings: {exc}")
+        self.show_page("train")
+        train.show_run(run_dir)
 
     @Slot(object)
     def open_checkpoint_in_chat(self, request: object) -> None:
@@ -280,8 +300,8 @@ class MainWindow(QMainWindow):
         super().hideEvent(event)
 
     def busy_pages(self) -> list[str]:
-        """Keys of pages doing long work the user would lose (training)."""
-        return [key for key, page in self.pages.items() if key == "train" and getattr(page, "is_busy", False)]
+        """Keys of pages doing long work the user would lose (training, resuming, evaluating, exporting)."""
+        return [key for key, page in self.pages.items() if getattr(page, "is_busy", False)]
 
     def confirm_close(self, busy: list[str]) -> bool:
         """Ask before closing while training runs (tests replace this)."""
