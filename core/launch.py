@@ -5,10 +5,9 @@ relays a stop request to the whole group as SIGINT (each rank's worker treats it
 a checkpoint), escalates to SIGTERM and SIGKILL when the group does not end in time, and makes sure no
 process of the group is left behind. A crashed rank ends the run with its error message.
 
-One run folder: the launcher creates it once; every rank trains with ``core.training.train``, but only
-rank 0 writes into the run folder. Other ranks get a private scratch folder (deleted afterwards) for the
-files they would otherwise write concurrently (status.json, metrics.jsonl, config.yaml, final/): the
-Trainer itself already saves weights and optimizer state on the main process only.
+One run folder: the launcher creates it once; every rank trains into it with ``core.training.train``,
+which writes the run's own files (status.json, metrics.jsonl, config.yaml, final/) on rank 0 only; the
+Trainer saves weights and optimizer state on the main process and each rank's RNG state in the checkpoint.
 
 No torch import at module level: the GUI imports this at start-up.
 """
@@ -22,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -214,7 +212,7 @@ def _rank() -> int:
 
 
 def worker(config_path: str, run_dir: str) -> int:
-    """One rank: train into ``run_dir`` (rank 0) or a scratch folder (other ranks); SIGINT = Stop."""
+    """One rank: train into the shared ``run_dir`` (only rank 0 writes the run's files); SIGINT = Stop."""
     from core.metrics import ConsoleSink
     from core.training import train
 
@@ -228,20 +226,11 @@ def worker(config_path: str, run_dir: str) -> int:
         stop.request("stopped with Ctrl+C")
 
     signal.signal(signal.SIGINT, on_sigint)
-    if rank == 0:
-        result = train(cfg, run_dir=run_dir, sinks=[ConsoleSink(stream=sys.stdout)], stop=stop)
-    else:
-        with tempfile.TemporaryDirectory(prefix=f"ft-rank{rank}-") as scratch:
-            # Status, metrics, config and final/ of this rank go to a private folder; rank 0 owns the run's.
-            try:
-                result = train(cfg, run_dir=scratch, stop=stop)
-            except FileNotFoundError as exc:
-                # core.training moves final.partial into place on every rank, but the Trainer writes it on
-                # rank 0 only: on the other ranks training itself is done and nothing needs saving.
-                if not str(exc.filename or "").endswith("final.partial"):
-                    raise
-                print(f"[rank {rank}] finished (rank 0 saves the model)", flush=True)
-                return 0
+    # Every rank trains in the same run folder: core.training lets only rank 0 write the run's files
+    # (status, metrics, config, final/), while each rank's own RNG state lands in the shared checkpoints,
+    # which is what makes a multi-process run resumable.
+    sinks = [ConsoleSink(stream=sys.stdout)] if rank == 0 else []
+    result = train(cfg, run_dir=run_dir, sinks=sinks, stop=stop)
     print(f"[rank {rank}] {result.state}: {result.message}", flush=True)
     return 0 if result.state in ("finished", "stopped") else 1
 

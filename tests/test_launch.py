@@ -79,6 +79,13 @@ def test_two_processes_one_run_folder_half_the_steps(tiny_model_dir, tmp_path, i
     assert train_steps == [1, 2, 3, 4, 5, 6], output[-3000:]
     assert result.status["total_steps"] == 6 and result.status["global_step"] == 6
     assert output.count("[rank 0] finished") == 1 and "[rank 1] finished" in output
+    # Resumable: every complete checkpoint holds the RNG state of both ranks.
+    from core.runs import list_checkpoints
+
+    checkpoints = list_checkpoints(result.run_dir)
+    assert checkpoints, "no complete checkpoint"
+    for _, folder in checkpoints:
+        assert (folder / "rng_state_0.pth").is_file() and (folder / "rng_state_1.pth").is_file()
     assert no_process_mentions(str(result.run_dir))
 
 
