@@ -273,6 +273,105 @@ def _planned_steps(args: Any, n_train: int) -> int:
     return int(math.ceil(args.num_train_epochs * per_epoch))
 
 
+# --------------------------------------------------------------------------------------------- loss
+# Logits only where a label is trained: with answers-only labels most positions carry -100, yet the
+# stock loss projects every position onto the vocabulary (SmolLM2: a 576 x 49152 matmul per token,
+# forward and backward, plus a log-softmax over 49,152 entries). Module-level so the bench and the
+# equivalence tests can switch back to the stock computation.
+TRAINED_POSITIONS_ONLY = True
+
+# peft prompt-learning types whose forward keeps the positions of input_ids in the logits (prefix tuning
+# feeds its virtual tokens as past key/values); prompt tuning / p-tuning prepend virtual tokens to the
+# sequence, which would shift the mask, so they use the stock loss.
+_POSITION_PRESERVING_PEFT = {"LORA", "PREFIX_TUNING", "ADALORA", "IA3", "LOHA", "LOKR", "OFT", "BOFT", "DORA"}
+
+
+def trainer_class():
+    """The Trainer subclass the app trains with: ``compute_loss`` computes logits and the cross-entropy only
+    at the positions whose next-token label is trained (!= -100), through the model's own
+    ``logits_to_keep`` argument (a boolean [batch, seq] mask keeps exactly those rows). The loss equals the
+    stock one (same sum / num_items_in_batch or mean, same gradient-accumulation and multi-device scaling);
+    anything it does not cover (label smoothing, a custom loss, predictions for compute_metrics, models
+    without ``logits_to_keep``, prompt tuning) takes the stock path."""
+    import inspect
+
+    import torch
+    from transformers import Trainer
+
+    class StudioTrainer(Trainer):
+        _logits_to_keep_ok: bool | None = None
+
+        def _model_keeps_positions(self, model) -> bool:
+            if self._logits_to_keep_ok is None:
+                unwrapped = self.accelerator.unwrap_model(model)
+                peft_type = None
+                if hasattr(unwrapped, "get_base_model"):  # a peft model
+                    config = getattr(unwrapped, "active_peft_config", None)
+                    peft_type = str(getattr(getattr(config, "peft_type", None), "value", "") or "")
+                    unwrapped = unwrapped.get_base_model()
+                try:
+                    accepts = "logits_to_keep" in inspect.signature(unwrapped.forward).parameters
+                except (TypeError, ValueError):
+                    accepts = False
+                self._logits_to_keep_ok = accepts and (peft_type is None or peft_type in _POSITION_PRESERVING_PEFT)
+            return self._logits_to_keep_ok
+
+        def _fast_path(self, model, inputs, return_outputs: bool) -> bool:
+            if not TRAINED_POSITIONS_ONLY or self.label_smoother is not None or self.compute_loss_func is not None:
+                return False
+            if self.args.n_gpu > 1:
+                return False  # nn.DataParallel would gather flattened logits of unequal size per replica
+            if return_outputs and self.compute_metrics is not None:
+                return False  # predictions must be full [batch, seq, vocab] logits
+            pc = getattr(self.accelerator, "parallelism_config", None)
+            if pc is not None and getattr(pc, "sp_enabled", False):
+                return False
+            labels, input_ids = inputs.get("labels"), inputs.get("input_ids")
+            if not (isinstance(labels, torch.Tensor) and isinstance(input_ids, torch.Tensor)):
+                return False
+            if labels.ndim != 2 or labels.shape != input_ids.shape or "logits_to_keep" in inputs:
+                return False
+            return self._model_keeps_positions(model)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self._fast_path(model, inputs, return_outputs):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            labels = inputs["labels"]
+            # Causal shift: the hidden state at position t predicts the label at t + 1; the last position
+            # predicts nothing.
+            targets = labels[:, 1:]
+            trained = targets != -100
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = trained
+            model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+            # A boolean 2-D logits_to_keep returns the logits flattened to [n_trained, vocab], in row-major
+            # order of the mask, the same order as targets[trained].
+            outputs = model(**model_inputs, logits_to_keep=keep)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            # As the stock ForCausalLMLoss: fp32 logits; sum / num_items_in_batch when the Trainer hands the
+            # count to the model (model_accepts_loss_kwargs), else the mean over the trained tokens.
+            count = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            logits = logits.float().reshape(-1, logits.shape[-1])
+            target = targets[trained].to(logits.device)
+            if count is not None:
+                loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+                loss = loss / (count.to(loss.device) if torch.is_tensor(count) else count)
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, target, reduction="mean")
+            # The stock compute_loss's multi-device scaling, unchanged.
+            if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+                    and num_items_in_batch is not None):
+                loss_scale = self.accelerator.num_processes // self.get_tp_size()
+                loss = loss * (loss_scale if self.args.n_gpu <= 1 else self.args.n_gpu)
+            if return_outputs:
+                outputs["loss"] = loss
+                return loss, outputs
+            return loss
+
+    return StudioTrainer
+
+
 # --------------------------------------------------------------------------------------------- callback
 def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir: Path, device: Any,
                    prior_elapsed: float):
@@ -691,7 +790,7 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
 
     # -- model and method -----------------------------------------------------------------------
     import transformers
-    from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback, Trainer
+    from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback
 
     progress(None, "loading the model")
     # Seed before the adapter is created so LoRA's random initialisation is reproducible.
@@ -733,7 +832,7 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
             stop=stop, every=probes.every, max_new_tokens=probes.max_new_tokens,
             on_pause=studio_callback.add_pause, enabled=main))
     callbacks.extend(extra_callbacks)
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                       data_collator=PadToLongestCollator(tokenizer.pad_token_id), processing_class=tokenizer,
                       callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)

@@ -71,6 +71,124 @@ def test_collator_pads_each_batch_to_its_longest_example():
     assert collate([{"input_ids": [9], "labels": [9], "attention_mask": [1]}])["input_ids"].shape == (1, 1)
 
 
+# --------------------------------------------------------------------------------------------- loss
+def _loss_and_grads(model, trainer, batch, fast: bool, monkeypatch, num_items):
+    import core.training as training
+
+    monkeypatch.setattr(training, "TRAINED_POSITIONS_ONLY", fast)
+    model.zero_grad(set_to_none=True)
+    loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True, num_items_in_batch=num_items)
+    loss.backward()
+    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), outputs["logits"].shape, grads
+
+
+def _check_trained_positions_match_stock(model, batch, tmp_path, monkeypatch, rel=1e-5):
+    import torch
+    from transformers import TrainingArguments
+
+    from core.training import trainer_class
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+    trainer = trainer_class()(model=model, args=args)
+    model.train()
+    n_trained = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < n_trained < batch["labels"].numel() // 2  # answers only: most positions are untrained
+    for num_items in (torch.tensor(n_trained + 5), None):  # sum / count (accumulation) and the plain mean
+        stock_loss, stock_shape, stock_grads = _loss_and_grads(model, trainer, batch, False, monkeypatch, num_items)
+        loss, shape, grads = _loss_and_grads(model, trainer, batch, True, monkeypatch, num_items)
+        assert tuple(stock_shape[:2]) == tuple(batch["input_ids"].shape)
+        assert tuple(shape[:1]) == (n_trained,), "the fast path computes logits at trained positions only"
+        assert torch.isclose(loss, stock_loss, rtol=rel, atol=0), (loss, stock_loss)
+        assert stock_grads.keys() == grads.keys() and grads
+        for name, grad in grads.items():
+            scale = stock_grads[name].abs().max().clamp_min(1e-12)
+            assert (grad - stock_grads[name]).abs().max() <= rel * scale, name
+    return trainer
+
+
+def _answer_batch(tokenizer_dir, n=4):
+    """A batch with answers-only labels and unequal lengths (right padding), as prepare_dataset makes."""
+    from transformers import AutoTokenizer
+
+    from core.training import PadToLongestCollator
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    features = []
+    for i in range(n):
+        prompt = tokenizer(f"### Question:\nWhat is {i} plus {i}, exactly?\n### Answer:\n")["input_ids"]
+        answer = tokenizer(f"It is {2 * i}." + " Indeed." * i)["input_ids"]
+        ids = prompt + answer
+        features.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                         "labels": [-100] * len(prompt) + answer})
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return PadToLongestCollator(pad)(features)
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "prefix"])
+def test_loss_at_trained_positions_equals_stock_loss_and_gradients(tiny_model_dir, tmp_path, monkeypatch, method):
+    from core.config import MethodConfig, ModelConfig
+    from core.hf_args import apply_method
+    from core.models import load_model
+
+    model = load_model(ModelConfig(name_or_path=str(tiny_model_dir)), device="cpu")
+    model = apply_method(model, MethodConfig(method=method, lora_dropout=0.0))
+    _check_trained_positions_match_stock(model, _answer_batch(tiny_model_dir), tmp_path, monkeypatch)
+
+
+@pytest.mark.real_model
+def test_loss_at_trained_positions_equals_stock_on_llama(tmp_path, monkeypatch):
+    """SmolLM2 (LlamaForCausalLM, tied lm_head), LoRA: same loss and adapter gradients as the stock loss."""
+    from core.config import MethodConfig, ModelConfig
+    from core.hf_args import apply_method
+    from core.models import load_model
+
+    model_cfg = ModelConfig()
+    model = apply_method(load_model(model_cfg, device="cpu"), MethodConfig(method="lora", lora_dropout=0.0))
+    from core.models import ensure_bundled_model
+
+    _check_trained_positions_match_stock(model, _answer_batch(str(ensure_bundled_model())), tmp_path,
+                                         monkeypatch, rel=1e-4)
+
+
+def test_run_with_trained_positions_matches_stock_run(cfg, tmp_path, monkeypatch):
+    """Five steps with evaluation: the same training losses (1e-4) and eval losses (1e-5) as the stock loss."""
+    import core.training as training
+
+    cfg.training.max_steps, cfg.training.eval_steps, cfg.training.save_steps = 5, 5, 5
+    cfg.training.logging_steps, cfg.training.gradient_accumulation = 1, 2  # loss = sum / count over 2 batches
+    taken = []  # (fast path?, training?) per compute_loss call
+    stock_trainer_class = training.trainer_class
+
+    def spying_trainer_class():
+        class Spy(stock_trainer_class()):
+            def _fast_path(self, model, inputs, return_outputs):
+                fast = super()._fast_path(model, inputs, return_outputs)
+                taken.append((fast, model.training))
+                return fast
+        return Spy
+
+    monkeypatch.setattr(training, "trainer_class", spying_trainer_class)
+    losses = {}
+    for fast in (False, True):
+        taken.clear()
+        monkeypatch.setattr(training, "TRAINED_POSITIONS_ONLY", fast)
+        cfg.name = f"fast-{fast}"
+        result = training.train(cfg, workspace=tmp_path / "ws")
+        # Both training and evaluation batches take the path under test.
+        assert {(fast, True), (fast, False)} == set(taken)
+        records = read_metrics(result.run_dir)
+        losses[fast] = ({r["step"]: r["loss"] for r in records if r.get("kind") == "train"},
+                        {r["step"]: r["eval_loss"] for r in records if r.get("kind") == "eval"})
+    (train_stock, eval_stock), (train_fast, eval_fast) = losses[False], losses[True]
+    assert sorted(train_fast) == sorted(train_stock) == [1, 2, 3, 4, 5]
+    for step, value in train_stock.items():
+        assert train_fast[step] == pytest.approx(value, rel=1e-4), step
+    assert sorted(eval_fast) == sorted(eval_stock) and 5 in eval_stock
+    for step, value in eval_stock.items():
+        assert eval_fast[step] == pytest.approx(value, rel=1e-5), step
+
+
 # --------------------------------------------------------------------------------------------- methods
 @pytest.mark.parametrize("method", ["full", "prefix"])
 def test_method_trains_and_writes_final(cfg, tmp_path, method):
