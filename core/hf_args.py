@@ -209,6 +209,10 @@ def training_arguments(run_cfg: RunConfig, output_dir: str, device, *, eval_avai
         # Our collator picks its columns; the Trainer's signature inspection is unreliable with peft.
         remove_unused_columns=False,
         use_cpu=info.kind == "cpu",
+        # Multi-process (DDP) runs: every adapter weight (LoRA, prefix) takes part in every forward, so
+        # DDP's search for unused parameters is wasted work (and warns each step). The Trainer would switch
+        # it on for a peft model, which is not a PreTrainedModel. Full fine-tuning keeps the Trainer's choice.
+        ddp_find_unused_parameters=False if run_cfg.method.method in ("lora", "qlora", "prefix") else None,
     )
     # transformers 5 always saves safetensors (save_safetensors was removed): nothing to map.
     kwargs.update(overrides)

@@ -281,3 +281,27 @@ def test_generation_kwargs_drive_a_real_generate(tiny_model_dir):
     batch = tokenizer(["What is"], return_tensors="pt")
     out = model.generate(**batch, **hf_args.generation_kwargs(GenerationConfig(max_new_tokens=4), tokenizer))
     assert out.shape[1] <= batch["input_ids"].shape[1] + 4
+
+
+@pytest.mark.parametrize("method, expected", [("lora", False), ("qlora", False), ("prefix", False), ("full", None)])
+def test_ddp_does_not_search_for_unused_adapter_parameters(tmp_path, method, expected):
+    cfg = RunConfig()
+    cfg.method.method = method
+    args = hf_args.training_arguments(cfg, str(tmp_path), CPU)
+    assert args.ddp_find_unused_parameters is expected
+
+
+def test_trainer_hands_find_unused_false_to_ddp_for_lora(tiny_neox, tmp_path):
+    """The Trainer's own accelerator set-up for a peft model (not a PreTrainedModel) uses our False."""
+    from transformers import Trainer
+
+    model = hf_args.apply_method(tiny_neox, MethodConfig(method="lora"))
+    cfg = RunConfig()
+    args = hf_args.training_arguments(cfg, str(tmp_path), CPU, eval_available=False)
+    trainer = Trainer(model=model, args=args)
+    (handler,) = trainer._build_accelerator_args()["kwargs_handlers"]
+    assert handler.find_unused_parameters is False
+    args = hf_args.training_arguments(cfg, str(tmp_path), CPU, eval_available=False,
+                                      ddp_find_unused_parameters=None)
+    (handler,) = Trainer(model=model, args=args)._build_accelerator_args()["kwargs_handlers"]
+    assert handler.find_unused_parameters is True  # what the Trainer would pick without the mapping
