@@ -489,6 +489,31 @@ def test_cli_train_flags_and_runs_table(cfg, tmp_path, capsys):
     assert main(["train", "--config", str(config), "--set", "training.nope=1"]) == 2
 
 
+def test_cli_train_probes(cfg, tmp_path, capsys):
+    """--probe / --probe-every reach core.training.train: answers at step 0 and every 2 steps, on the
+    console and in metrics.jsonl; probe flags without a prompt are refused."""
+    from core.cli import main
+    from core.probes import load_probe_settings
+
+    config = tmp_path / "run.yaml"
+    cfg.save(config)
+    code = main(["train", "--config", str(config), "--max-steps", "4", "--output", str(tmp_path / "ws"),
+                 "--name", "probed", "--probe", "What is 2 plus 2?", "--probe", "Say hi",
+                 "--probe-every", "2", "--probe-tokens", "5"])
+    assert code == 0
+    run = tmp_path / "ws" / "probed"
+    settings = load_probe_settings(run)
+    assert settings["prompts"] == ["What is 2 plus 2?", "Say hi"]
+    assert settings["every"] == 2 and settings["max_new_tokens"] == 5
+    answers = [r for r in read_metrics(run) if r.get("kind") == "probe"]
+    assert sorted({(r["step"], r["prompt_index"]) for r in answers}) == [
+        (step, index) for step in (0, 2, 4) for index in (0, 1)]
+    err = capsys.readouterr().err
+    assert "probe 1 @ step 0:" in err and "probe 2 @ step 4:" in err
+    assert main(["train", "--config", str(config), "--probe-every", "2"]) == 2
+    assert "needs at least one --probe" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------- multi-process
 def test_only_rank_zero_writes_the_run_folder(cfg, tmp_path, monkeypatch):
     """A rank other than 0 trains but leaves status, metrics, config, environment, probes and final/ to

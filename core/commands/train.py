@@ -2,6 +2,7 @@
 
     python main.py train --config examples/quickstart.yaml
     python main.py train --model bundled:SmolLM2-135M-Instruct --data sample:trivia --method lora --max-steps 60
+    python main.py train --config run.yaml --probe "What is the capital of France?" --probe-every 20
     python main.py resume RUN_DIR [--checkpoint N]
     python main.py runs [--workspace DIR]
 
@@ -50,6 +51,13 @@ def register(subparsers) -> None:
     p.add_argument("--name", help="run name (the folder name)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="any setting, e.g. --set training.eval_steps=10 (repeatable)")
+    p.add_argument("--probe", action="append", default=None, metavar="PROMPT",
+                   help="a prompt answered greedily at step 0 and while training, to watch the model change "
+                        "(repeatable, up to 5; answers go to the console and metrics.jsonl)")
+    p.add_argument("--probe-every", type=int, metavar="N",
+                   help="answer the probes every N steps (default: at each checkpoint save)")
+    p.add_argument("--probe-tokens", type=int, metavar="N",
+                   help="new tokens per probe answer (default: 24)")
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("resume", help="continue a stopped or interrupted run",
@@ -127,9 +135,22 @@ def run_train(args) -> int:
     cfg = build_config(args)
     cfg.validate()
     _quiet_library_progress_bars()
+    probe_kwargs = {}
+    if getattr(args, "probe", None):
+        probe_kwargs["probes"] = args.probe
+    elif getattr(args, "probe_every", None) is not None or getattr(args, "probe_tokens", None) is not None:
+        from core.config import ConfigError
+
+        raise ConfigError("--probe-every" if args.probe_every is not None else "--probe-tokens",
+                          "needs at least one --probe PROMPT")
+    if getattr(args, "probe_every", None) is not None:
+        probe_kwargs["probe_every"] = args.probe_every
+    if getattr(args, "probe_tokens", None) is not None:
+        probe_kwargs["probe_max_new_tokens"] = args.probe_tokens
     stop = StopToken()
     with stop_on_ctrl_c(stop):
-        result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[ConsoleSink()], stop=stop)
+        result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[ConsoleSink()], stop=stop,
+                       **probe_kwargs)
     return _report(result)
 
 
