@@ -320,8 +320,9 @@ class Coach:
                 {"start_loss": start, "recent_loss": recent, "step": steps[-1]},
             ))
             return
-        if len(losses) >= 8:
-            # "Wild": typical step-to-step jumps are a large share of the loss itself.
+        if len(losses) >= 8 and statistics.median(losses[-8:]) > 0.25 * start:
+            # "Wild": typical step-to-step jumps are a large share of the loss itself. Not once the loss
+            # has fallen far below its start: near zero (memorising) relative jumps are large but harmless.
             jumps = [abs(b - a) for a, b in zip(losses, losses[1:], strict=False)]
             wildness = statistics.median(jumps) / max(statistics.median(losses), 1e-8)
             if wildness > 0.35:

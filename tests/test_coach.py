@@ -144,6 +144,15 @@ def test_low_loss_memorising_and_masked():
     assert advice.evidence["masked"] and advice.suggestion == {"data.train_on_answers_only": False}
 
 
+def test_fast_memorising_with_jittery_tiny_losses_is_not_called_a_high_learning_rate():
+    # Seen on SmolLM2 with 32 examples: the loss falls from ~5 to ~0.01 within 20 steps and then jitters
+    # by large *relative* amounts; that is memorising (low_loss), not a learning rate that is too high.
+    rng = random.Random(0)
+    losses = [5.0 * math.exp(-step / 3) * (1 + 0.6 * rng.random()) + 0.005 for step in range(25)]
+    fired = rules(feed(Coach(config(lr=2e-3)), losses))
+    assert "lr_too_high" not in fired and "low_loss" in fired
+
+
 def test_learning_rate_too_low():
     rng = random.Random(2)
     losses = [2.5 * (1 - 0.0001 * i) * (1 + 0.01 * rng.gauss(0, 1)) for i in range(40)]
