@@ -124,7 +124,7 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
     def wanted(section: str) -> bool:
         return only is None or section in only
 
-    if wanted("throughput") or wanted("ablations"):
+    if wanted("throughput") or wanted("ablations") or wanted("throughput_update"):
         data_file = str(work / f"trivia-{n_examples}.jsonl")
         run_worker("train_bench:write_subset_json", path=data_file, n=n_examples)
     if wanted("throughput"):
@@ -137,6 +137,29 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
                 rows.append(run_worker("train_bench:throughput", contender=contender, method=method,
                                        data_file=data_file, workdir=str(work / f"{contender}-{method}")))
         results["throughput"] = rows
+    if wanted("throughput_update"):
+        # The app after an optimisation and "before" variants (same code, the optimisation switched off),
+        # plus the tutorials' recipe for the ratio; the padded contender is not re-run.
+        print("training throughput: app before/after (logits at trained positions, fused AdamW)")
+        variants = [
+            ("lora", "app", "current", {}),
+            ("lora", "app", "logits at every position", dict(trained_positions_only=False)),
+            ("lora", "tutorial", "tutorials' recipe", {}),
+            ("full", "app", "current", {}),
+            ("full", "app", "logits at every position", dict(trained_positions_only=False)),
+            ("full", "app", "logits at every position, AdamW foreach",
+             dict(trained_positions_only=False, optim="adamw_torch")),
+            ("full", "tutorial", "tutorials' recipe", {}),
+        ]
+        update = []
+        for method, contender, label, kwargs in variants:
+            row = run_worker("train_bench:throughput", contender=contender, method=method, data_file=data_file,
+                             workdir=str(work / f"update-{contender}-{method}-{len(update)}"), **kwargs)
+            row.setdefault("method", method)
+            row.setdefault("contender", contender)
+            row["variant"] = label
+            update.append(row)
+        results["throughput_update"] = update
     if wanted("ablations"):
         print("ablations (app, LoRA)")
         ablations = {
@@ -269,6 +292,18 @@ def markdown(results: dict) -> str:
                     f"(N = {fl['n_matmul_weights'] / 1e6:.1f} M matmul weights incl. lm_head).",
                     f"App MFU: LoRA {d.get('lora_mfu', '?')} ({d.get('lora_achieved_gflops', '?')} GFLOP/s), "
                     f"full {d.get('full_mfu', '?')} ({d.get('full_achieved_gflops', '?')} GFLOP/s).", ""]
+    update = results.get("throughput_update")
+    if update:
+        out += ["### Training throughput, app before/after (SmolLM2-135M, same examples, one epoch)", "",
+                "| method | contender | variant | tokens/s | s/step (mean) | peak RSS |", "|---|---|---|---|---|---|"]
+        for r in update:
+            if "error" in r:
+                out.append(f"| {r['method']} | {r['contender']} | {r['variant']} | error: "
+                           f"{r['error'][-120:].strip()!r} | | |")
+                continue
+            out.append(f"| {r['method']} | {r['contender']} | {r['variant']} | {r['tokens_per_second']:.1f} | "
+                       f"{r['seconds_per_step_mean']:.3f} | {_fmt_bytes(r['peak_rss_bytes'])} |")
+        out.append("")
     ab = results.get("ablations")
     if ab:
         app_lora = next((r for r in rows or [] if r.get("contender") == "app" and r.get("method") == "lora"), None)
@@ -395,7 +430,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few examples, short caps: checks the suite itself")
-    parser.add_argument("--only", help="comma-separated sections: throughput,ablations,profile,quality,gui,chat")
+    parser.add_argument("--only", help="comma-separated sections: throughput,throughput_update,ablations,profile,quality,gui,chat")
     parser.add_argument("--out", default=str(RESULTS), help="folder for latest.json / latest.md")
     parser.add_argument("--report", metavar="JSON", help="only re-render the Markdown of a saved result file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -130,8 +130,12 @@ def _plain_args(output_dir: str, **kwargs):
 
 # ------------------------------------------------------------------------------------------ throughput
 def throughput(contender: str, method: str, data_file: str, workdir: str, *, threads: int | None = None,
-               group_by_length: bool | None = None, pad_to_max_length: bool = False) -> dict:
-    """Train one epoch on ``data_file`` with one contender; returns throughput, step time, peak RSS."""
+               group_by_length: bool | None = None, pad_to_max_length: bool = False,
+               trained_positions_only: bool = True, optim: str | None = None) -> dict:
+    """Train one epoch on ``data_file`` with one contender; returns throughput, step time, peak RSS.
+
+    App-only "before" variants: ``trained_positions_only=False`` (the stock loss: logits at every
+    position), ``optim="adamw_torch"`` (the foreach AdamW the app used before the fused kernel)."""
     import torch
 
     if threads:
@@ -147,8 +151,18 @@ def throughput(contender: str, method: str, data_file: str, workdir: str, *, thr
     info = {"contender": contender, "method": method, "torch_threads": torch.get_num_threads()}
 
     if contender == "app":
-        from core import training
+        from core import hf_args, training
         from core.config import RunConfig
+
+        training.TRAINED_POSITIONS_ONLY = trained_positions_only
+        if optim:
+            stock_arguments = hf_args.training_arguments
+
+            def with_optim(*args, **kwargs):
+                return stock_arguments(*args, **{**kwargs, "optim": optim})
+
+            hf_args.training_arguments = with_optim  # core.training imports it at call time
+        info.update(trained_positions_only=trained_positions_only, optim_override=optim)
 
         cfg = RunConfig()
         cfg.data.source = data_file
