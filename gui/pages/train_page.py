@@ -47,6 +47,7 @@ from gui.widgets.probe_strip import ProbeEditor, ProbeStrips
 from gui.workers import TrainingController
 
 ESTIMATE_DEBOUNCE_MS = 600  # re-estimate this long after the last settings change
+STATS_INTERVAL_MS = 250  # the numbers above the plots refresh at most 4 times a second
 CHECKPOINT_SCAN_INTERVAL_S = 2.0  # how often a live run's checkpoint folder is listed for markers
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "resources" / "presets"
@@ -206,6 +207,12 @@ class TrainPage(QWidget):
         self._checkpoints_scanned_at = 0.0
         self.checkpoint_menu: QMenu | None = None
         self.tasks = TaskGroup(self)
+        self._latest_point = None  # the newest MetricPoint not shown in the numbers yet
+        self._latest_train_loss: float | None = None
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setSingleShot(True)
+        self._stats_timer.setInterval(STATS_INTERVAL_MS)
+        self._stats_timer.timeout.connect(self._show_stats)
         self._estimate_timer = QTimer(self)
         self._estimate_timer.setSingleShot(True)
         self._estimate_timer.setInterval(ESTIMATE_DEBOUNCE_MS)
@@ -497,6 +504,7 @@ class TrainPage(QWidget):
     def shutdown(self, timeout_ms: int = 60000) -> bool:
         """Stop any run (a checkpoint is saved) and background estimates, wait for the threads; False on timeout."""
         self._estimate_timer.stop()
+        self._show_stats()
         if self.controller.is_busy:
             self.controller.stop("the window is closing")
         tasks_done = self.tasks.shutdown(timeout_ms)
@@ -885,6 +893,8 @@ class TrainPage(QWidget):
         self.probe_editor.set_cost(None)
         self.log_view.clear()
         self._last_eval_loss = self._best_eval_loss = None
+        self._latest_train_loss = self._latest_point = None
+        self._stats_timer.stop()
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("Starting…")
         for stat in (self.stat_elapsed, self.stat_eta, self.stat_speed, self.stat_memory, self.stat_loss,
@@ -906,6 +916,26 @@ class TrainPage(QWidget):
         self._refresh_checkpoint_markers()
         if self.run_state == "preparing":
             self._set_run_state("running")
+        if point.kind == "eval" and point.eval_loss is not None:
+            self._last_eval_loss = point.eval_loss
+            if self._best_eval_loss is None or point.eval_loss < self._best_eval_loss:
+                self._best_eval_loss = point.eval_loss
+            self._log(f"step {point.step}: eval loss {point.eval_loss:.4f}")
+        if point.kind == "train" and point.loss is not None and math.isfinite(point.loss):
+            self._latest_train_loss = point.loss
+        # The progress bar and the numbers are refreshed from the latest point at most every
+        # STATS_INTERVAL_MS: a fast run sends ~100 points a second, and every label change costs a
+        # relayout and a repaint on the GUI thread, which must win the GIL from the training thread.
+        self._latest_point = point
+        if not self._stats_timer.isActive():
+            self._stats_timer.start()
+
+    def _show_stats(self) -> None:
+        """Show the latest point's progress, time, speed, memory and losses."""
+        self._stats_timer.stop()
+        point, self._latest_point = self._latest_point, None
+        if point is None:
+            return
         total = point.total_steps or 0
         if total:
             self.progress_bar.setValue(int(1000 * min(point.step / total, 1.0)))
@@ -923,14 +953,10 @@ class TrainPage(QWidget):
         memory = point.peak_memory_bytes or (point.memory or {}).get("rss_bytes")
         if memory:
             self.stat_memory.set(_format_bytes(memory))
-        if point.kind == "train" and point.loss is not None and math.isfinite(point.loss):
-            self.stat_loss.set(f"{point.loss:.4f}")
-        if point.kind == "eval" and point.eval_loss is not None:
-            self._last_eval_loss = point.eval_loss
-            if self._best_eval_loss is None or point.eval_loss < self._best_eval_loss:
-                self._best_eval_loss = point.eval_loss
-            self.stat_eval.set(f"{point.eval_loss:.4f}  (best {self._best_eval_loss:.4f})")
-            self._log(f"step {point.step}: eval loss {point.eval_loss:.4f}")
+        if self._latest_train_loss is not None:
+            self.stat_loss.set(f"{self._latest_train_loss:.4f}")
+        if self._last_eval_loss is not None and self._best_eval_loss is not None:
+            self.stat_eval.set(f"{self._last_eval_loss:.4f}  (best {self._best_eval_loss:.4f})")
 
     @Slot(object)
     def _on_status(self, event) -> None:
@@ -961,6 +987,7 @@ class TrainPage(QWidget):
 
     @Slot(object)
     def _on_run_finished(self, result) -> None:
+        self._show_stats()
         self.last_result = result
         self._set_run_state(result.state)
         if getattr(result, "run_dir", None) is not None:
@@ -981,6 +1008,7 @@ class TrainPage(QWidget):
 
     @Slot(object)
     def _on_run_failed(self, exc) -> None:
+        self._show_stats()
         self.last_result = exc
         self._set_run_state("failed")
         if isinstance(exc, StudioError):
