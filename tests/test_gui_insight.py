@@ -246,3 +246,34 @@ def test_metrics_tail_reads_only_complete_new_lines(tmp_path, qtbot):
     worker.emit_records(first + records)
     assert [p.step for p in got["metric"]] == [1, 2]
     assert got["probe"][0].answer == "a" and got["status"][0].state == "finished"
+
+
+def test_two_process_run_from_the_page_feeds_the_plots(qtbot, tiny_model_dir, tmp_path, isolated_home):
+    """processes=2: core.launch runs two accelerate ranks; the page gets the points by tailing metrics.jsonl."""
+    cfg = RunConfig(name="two")
+    cfg.model.name_or_path = str(tiny_model_dir)
+    rows = [{"question": f"What is {i} plus {i}?", "answer": f"It is {2 * i}."} for i in range(24)]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    cfg.data.source = str(tmp_path / "qa.jsonl")
+    cfg.data.test_fraction = 0.2
+    cfg.method.lora_r, cfg.method.lora_alpha = 4, 8
+    t = cfg.training
+    t.max_steps, t.batch_size, t.max_length = 4, 2, 48
+    t.eval_steps, t.save_steps, t.logging_steps = 2, 2, 1
+    t.warmup_ratio, t.device, t.save_total_limit = 0.0, "cpu", 0
+    page = TrainPage(StudioState(cfg, workspace=tmp_path / "runs"), preload_delay_ms=None)
+    qtbot.addWidget(page)
+    page.processes_spin.setValue(2)
+    try:
+        with qtbot.waitSignal(page.runEnded, timeout=120000) as ended:
+            assert page.start()
+        result = ended.args[0]
+        assert getattr(result, "state", result) == "finished", page.log_view.toPlainText()[-3000:]
+        qtbot.waitUntil(lambda: not page.is_busy, timeout=10000)
+        counts = page.plots.point_counts()
+        assert counts["train"] >= 2 and counts["eval"] >= 1
+        assert page.current_run_dir == result.run_dir
+        assert page.plots.checkpoint_steps  # markers from the run's checkpoints
+        assert "Finished at step 4" in page.progress_bar.format()
+    finally:
+        assert page.shutdown(60000)
