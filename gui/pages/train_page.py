@@ -16,21 +16,21 @@ from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QCursor, QFont
 from PySide6.QtWidgets import (
     QComboBox,
-    QGroupBox,
-    QMenu,
-    QSpinBox,
-    QTabWidget,
     QFileDialog,
     QFrame,
     QGridLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
     QSizePolicy,
+    QSpinBox,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -224,7 +224,7 @@ class TrainPage(QWidget):
         splitter.addWidget(self._build_run_column())
         splitter.setStretchFactor(0, 0)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([430, 900])
+        splitter.setSizes([470, 900])
         splitter.setChildrenCollapsible(False)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 10, 12, 10)
@@ -249,6 +249,8 @@ class TrainPage(QWidget):
         self.form.parseErrorsChanged.connect(self.revalidate)
 
         self.form.set_config(self.state.config)
+        self.probe_editor.set_save_interval(self.state.config.training.save_steps)
+        self._sync_device_combo()
         self._set_run_state("idle")
         self.refresh_resumable()
         self.revalidate()
@@ -310,7 +312,8 @@ class TrainPage(QWidget):
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(inner)
-        scroll.setMinimumWidth(400)
+        scroll.setMinimumWidth(440)
+        self.settings_scroll = scroll
         return scroll
 
     def _build_run_on_box(self) -> QWidget:

@@ -55,6 +55,7 @@ class EstimatePanel(QGroupBox):
         self.suggestion_buttons: list[QPushButton] = []
         self.verdict = QLabel("Estimating…")
         self.verdict.setTextFormat(Qt.TextFormat.PlainText)
+        self.verdict.setWordWrap(True)
         self.verdict.setStyleSheet("font-weight: bold;")
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)

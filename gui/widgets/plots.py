@@ -283,7 +283,7 @@ class TrainingPlots(QWidget):
         self.best_step: int | None = None
         self.early_stopped_step: int | None = None
         self._checkpoint_item = pg.ScatterPlotItem(symbol="d", size=11, pen=pg.mkPen("#333", width=1),
-                                                   brush=pg.mkBrush(CHECKPOINT_COLOR), name="checkpoint")
+                                                   brush=pg.mkBrush(CHECKPOINT_COLOR))
         self._checkpoint_item.setZValue(5)
         self.loss_plot.addItem(self._checkpoint_item)
         legend.addItem(self._checkpoint_item, "checkpoint (click to chat)")
@@ -291,10 +291,14 @@ class TrainingPlots(QWidget):
                                              brush=pg.mkBrush(BEST_COLOR))
         self._best_item.setZValue(6)
         self.loss_plot.addItem(self._best_item)
+        legend.addItem(self._best_item, "best checkpoint")
         self._early_line = pg.InfiniteLine(angle=90, movable=False,
                                            pen=pg.mkPen("#b42318", width=1.5, style=Qt.PenStyle.DashLine),
-                                           label="", labelOpts={"position": 0.9, "color": "#b42318",
-                                                                "fill": (255, 255, 255, 200)})
+                                           label="", labelOpts={"position": 0.5, "color": "#b42318",
+                                                                "fill": (255, 255, 255, 220),
+                                                                # text left of the line: it is often
+                                                                # the last step, at the right edge
+                                                                "anchors": [(1.05, 0.5), (1.05, 0.5)]})
         self._early_line.setVisible(False)
         self.loss_plot.addItem(self._early_line, ignoreBounds=True)
         self.loss_plot.scene().sigMouseClicked.connect(self._on_mouse_clicked)
@@ -420,9 +424,10 @@ class TrainingPlots(QWidget):
         self._best_item.setData([best[0]] if best else [], [best[1]] if best else [])
         if self.early_stopped_step is not None:
             x = float(self._to_axis(np.asarray([float(self.early_stopped_step)]))[0])
+            # Visible first: pyqtgraph's label ignores text changes while its line is hidden.
+            self._early_line.setVisible(math.isfinite(x))
             self._early_line.setValue(x)
             self._early_line.label.setFormat(f"stopped early at step {self.early_stopped_step}")
-            self._early_line.setVisible(math.isfinite(x))
         else:
             self._early_line.setVisible(False)
 
