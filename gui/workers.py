@@ -377,6 +377,10 @@ class TrainingController(QObject):
         _LIVE_THREADS.add(thread)
         self._previous_switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._previous_switch_interval, TRAINING_SWITCH_INTERVAL))
+        # Everything alive now (Qt wrappers, torch/transformers modules) will outlive the run: move it out of
+        # the collector's reach so a full collection triggered by the training thread (which holds the GIL,
+        # stalling the event loop) only scans new objects. Measured: stalls of ~380 ms in a long-lived process.
+        gc.freeze()
         thread.start()
         self.busyChanged.emit(True)
 
