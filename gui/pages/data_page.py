@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListWidget,
     QPlainTextEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QSplitter,
@@ -39,6 +38,7 @@ from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
 from gui.widgets.histogram import LengthHistogram
 from gui.widgets.lazy_table import LazyTableModel, RowSource
+from gui.widgets.status_strip import BusyIndicator, ErrorBanner
 from gui.widgets.token_view import TokenLegend, TokenView
 
 PREVIEW_ROWS = 1000      # rows shown for non-JSONL sources (JSONL files are paged lazily instead)
@@ -108,7 +108,6 @@ class DataPage(QWidget):
         self.tasks = TaskGroup(self)
         self.loaded: LoadedSource | None = None
         self.analysis: Analysis | None = None
-        self.last_error = ""
         self._tokenizers: dict[str, Any] = {}
         self._load_task: Task | None = None
         self._analysis_task: Task | None = None
@@ -177,23 +176,12 @@ class DataPage(QWidget):
         self.source_label = QLabel("No dataset loaded")
         self.source_label.setTextFormat(Qt.TextFormat.PlainText)
         self.source_label.setObjectName("Muted")
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(220)
-        self.progress.setVisible(False)
-        self.progress_label = QLabel()
-        self.progress_label.setObjectName("Muted")
-        self.progress_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.busy_indicator = BusyIndicator()
         status.addWidget(self.source_label, 1)
-        status.addWidget(self.progress_label)
-        status.addWidget(self.progress)
+        status.addWidget(self.busy_indicator)
         root.addLayout(status)
 
-        self.error_label = QLabel()
-        self.error_label.setObjectName("ErrorBanner")
-        self.error_label.setTextFormat(Qt.TextFormat.PlainText)  # messages may quote dataset content
-        self.error_label.setWordWrap(True)
-        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.error_label.setVisible(False)
+        self.error_label = ErrorBanner()
         root.addWidget(self.error_label)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -416,12 +404,12 @@ class DataPage(QWidget):
         self.hide_error()
         self.source_label.setText(f"Loading {source} …")
         task = self.tasks.run(lambda progress, stop: load_source(source, progress, stop), name="data-load")
-        task.progress.connect(self._on_progress)
+        task.progress.connect(self.busy_indicator.set_progress)
         task.succeeded.connect(self._on_loaded)
         task.failed.connect(self._on_failed)
         task.finished.connect(self._on_task_finished)
         self._load_task = task
-        self._busy("Reading the dataset…")
+        self.busy_indicator.busy("Reading the dataset…")
         task.start()
 
     @Slot(object)
@@ -481,12 +469,12 @@ class DataPage(QWidget):
         tokenizers = self._tokenizers
         task = self.tasks.run(lambda progress, stop: analyse_dataset(cfg, tokenizers, progress, stop),
                               name="data-analyse")
-        task.progress.connect(self._on_progress)
+        task.progress.connect(self.busy_indicator.set_progress)
         task.succeeded.connect(self._on_analysed)
         task.failed.connect(self._on_failed)
         task.finished.connect(self._on_task_finished)
         self._analysis_task = task
-        self._busy("Tokenizing…")
+        self.busy_indicator.busy("Tokenizing…")
         task.start()
 
     @Slot(object)
@@ -619,26 +607,10 @@ class DataPage(QWidget):
         self._set("training", "max_length", value)
 
     # -- progress and errors -------------------------------------------------------------------
-    def _busy(self, message: str) -> None:
-        self.progress.setVisible(True)
-        self.progress.setRange(0, 0)
-        self.progress_label.setText(message)
-
-    @Slot(object)
-    def _on_progress(self, payload) -> None:
-        fraction, message = payload
-        if fraction is None:
-            self.progress.setRange(0, 0)
-        else:
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(int(fraction * 1000))
-        self.progress_label.setText(message[:80])
-
     @Slot()
     def _on_task_finished(self) -> None:
         if self._load_task is None and self._analysis_task is None:
-            self.progress.setVisible(False)
-            self.progress_label.setText("")
+            self.busy_indicator.idle()
 
     @Slot(object)
     def _on_failed(self, exc) -> None:
@@ -651,15 +623,17 @@ class DataPage(QWidget):
             return
         self.show_error(error_text(exc))
 
+    @property
+    def last_error(self) -> str:
+        """The error shown in the banner ("" when none)."""
+        return self.error_label.message
+
     def show_error(self, text: str) -> None:
-        self.last_error = text
-        self.error_label.setText(text)
-        self.error_label.setVisible(True)
+        self.error_label.show_message(text)
         self.state.show_message("Data: " + text.splitlines()[0][:120])
 
     def hide_error(self) -> None:
-        self.last_error = ""
-        self.error_label.setVisible(False)
+        self.error_label.dismiss()
 
 
 def _tokenizer_for(cfg, cache: dict, progress):

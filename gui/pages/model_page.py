@@ -19,7 +19,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSplitter,
     QTreeWidget,
@@ -34,6 +33,7 @@ from gui import theme
 from gui.pages.data_page import error_text
 from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
+from gui.widgets.status_strip import BusyIndicator, ErrorBanner
 
 BUNDLED = "bundled:SmolLM2-135M-Instruct"
 HUB_SUGGESTIONS = ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -124,7 +124,6 @@ class ModelPage(QWidget):
         self.loaded: LoadedModel | None = None
         self.info = None
         self.has_cuda = False
-        self.last_error = ""
         self._load_task: Task | None = None
         self._info_task: Task | None = None
         self._updating = False
@@ -172,22 +171,12 @@ class ModelPage(QWidget):
         self.model_label = QLabel("No model loaded")
         self.model_label.setObjectName("Muted")
         self.model_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.progress_label = QLabel()
-        self.progress_label.setObjectName("Muted")
-        self.progress_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(220)
-        self.progress.setVisible(False)
+        self.busy_indicator = BusyIndicator()
         status.addWidget(self.model_label, 1)
-        status.addWidget(self.progress_label)
-        status.addWidget(self.progress)
+        status.addWidget(self.busy_indicator)
         root.addLayout(status)
 
-        self.error_label = QLabel()
-        self.error_label.setObjectName("ErrorBanner")
-        self.error_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.error_label.setWordWrap(True)
-        self.error_label.setVisible(False)
+        self.error_label = ErrorBanner()
         root.addWidget(self.error_label)
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
@@ -323,13 +312,13 @@ class ModelPage(QWidget):
         self.hide_error()
         cfg = self.state.config.copy()
         task = self.tasks.run(lambda progress, stop: load_model_job(cfg, progress, stop), name="model-load")
-        task.progress.connect(self._on_progress)
+        task.progress.connect(self.busy_indicator.set_progress)
         task.succeeded.connect(self._on_loaded)
         task.failed.connect(self._on_failed)
         task.finished.connect(self._on_task_finished)
         self._load_task = task
         self.model_label.setText(f"Loading {name} …")
-        self._busy("Loading the model…")
+        self.busy_indicator.busy("Loading the model…")
         for button in (self.bundled_button, self.folder_button, self.load_button):
             button.setEnabled(False)
         task.start()
@@ -359,7 +348,7 @@ class ModelPage(QWidget):
         task.failed.connect(self._on_failed)
         task.finished.connect(self._on_task_finished)
         self._info_task = task
-        self._busy("Counting trainable parameters…")
+        self.busy_indicator.busy("Counting trainable parameters…")
         task.start()
 
     @Slot(object)
@@ -424,29 +413,13 @@ class ModelPage(QWidget):
             self.show_error(str(exc))
 
     # -- progress and errors ------------------------------------------------------------------------
-    def _busy(self, message: str) -> None:
-        self.progress.setVisible(True)
-        self.progress.setRange(0, 0)
-        self.progress_label.setText(message)
-
-    @Slot(object)
-    def _on_progress(self, payload) -> None:
-        fraction, message = payload
-        if fraction is None:
-            self.progress.setRange(0, 0)
-        else:
-            self.progress.setRange(0, 1000)
-            self.progress.setValue(int(fraction * 1000))
-        self.progress_label.setText(message[:80])
-
     @Slot()
     def _on_task_finished(self) -> None:
         if self._load_task is None:
             for button in (self.bundled_button, self.folder_button, self.load_button):
                 button.setEnabled(True)
         if self._load_task is None and self._info_task is None:
-            self.progress.setVisible(False)
-            self.progress_label.setText("")
+            self.busy_indicator.idle()
 
     @Slot(object)
     def _on_failed(self, exc) -> None:
@@ -460,12 +433,14 @@ class ModelPage(QWidget):
             return
         self.show_error(error_text(exc))
 
+    @property
+    def last_error(self) -> str:
+        """The error shown in the banner ("" when none)."""
+        return self.error_label.message
+
     def show_error(self, text: str) -> None:
-        self.last_error = text
-        self.error_label.setText(text)
-        self.error_label.setVisible(True)
+        self.error_label.show_message(text)
         self.state.show_message("Model: " + text.splitlines()[0][:120])
 
     def hide_error(self) -> None:
-        self.last_error = ""
-        self.error_label.setVisible(False)
+        self.error_label.dismiss()
