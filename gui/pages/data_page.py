@@ -38,7 +38,7 @@ from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
 from gui.widgets.histogram import LengthHistogram
 from gui.widgets.lazy_table import LazyTableModel, RowSource
-from gui.widgets.status_strip import BusyIndicator, ErrorBanner
+from gui.widgets.status_strip import BusyIndicator, ErrorBanner, ErrorBannerHost
 from gui.widgets.token_view import TokenLegend, TokenView
 
 PREVIEW_ROWS = 1000      # rows shown for non-JSONL sources (JSONL files are paged lazily instead)
@@ -98,8 +98,10 @@ def load_source(source: str, progress, stop) -> LoadedSource:
     return LoadedSource(source, preview.rows, preview.columns, preview.kind, len(preview.rows) < PREVIEW_ROWS)
 
 
-class DataPage(QWidget):
+class DataPage(ErrorBannerHost, QWidget):
     """The Data page (see module docstring)."""
+
+    ERROR_PREFIX = "Data"
 
     def __init__(self, state: StudioState, parent: QWidget | None = None):
         super().__init__(parent)
@@ -622,18 +624,6 @@ class DataPage(QWidget):
         if isinstance(exc, Cancelled):
             return
         self.show_error(error_text(exc))
-
-    @property
-    def last_error(self) -> str:
-        """The error shown in the banner ("" when none)."""
-        return self.error_label.message
-
-    def show_error(self, text: str) -> None:
-        self.error_label.show_message(text)
-        self.state.show_message("Data: " + text.splitlines()[0][:120])
-
-    def hide_error(self) -> None:
-        self.error_label.dismiss()
 
 
 def _tokenizer_for(cfg, cache: dict, progress):

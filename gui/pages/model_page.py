@@ -33,7 +33,7 @@ from gui import theme
 from gui.pages.data_page import error_text
 from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
-from gui.widgets.status_strip import BusyIndicator, ErrorBanner
+from gui.widgets.status_strip import BusyIndicator, ErrorBanner, ErrorBannerHost
 
 BUNDLED = "bundled:SmolLM2-135M-Instruct"
 HUB_SUGGESTIONS = ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -113,8 +113,10 @@ def info_job(model, tokenizer, cfg, progress, stop):
                              seq_len=cfg.training.max_length, tokenizer=tokenizer)
 
 
-class ModelPage(QWidget):
+class ModelPage(ErrorBannerHost, QWidget):
     """The Model page (see module docstring)."""
+
+    ERROR_PREFIX = "Model"
 
     def __init__(self, state: StudioState, parent: QWidget | None = None):
         super().__init__(parent)
@@ -432,15 +434,3 @@ class ModelPage(QWidget):
         if isinstance(exc, Cancelled):
             return
         self.show_error(error_text(exc))
-
-    @property
-    def last_error(self) -> str:
-        """The error shown in the banner ("" when none)."""
-        return self.error_label.message
-
-    def show_error(self, text: str) -> None:
-        self.error_label.show_message(text)
-        self.state.show_message("Model: " + text.splitlines()[0][:120])
-
-    def hide_error(self) -> None:
-        self.error_label.dismiss()

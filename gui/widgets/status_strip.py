@@ -72,3 +72,25 @@ class ErrorBanner(QLabel):
         """Hide the banner (its last text stays in the label, ``message`` becomes "")."""
         self.message = ""
         self.setVisible(False)
+
+
+class ErrorBannerHost:
+    """Mixin for a page with ``self.error_label`` (an ErrorBanner) and ``self.state`` (StudioState): the
+    page's ``last_error`` / ``show_error`` / ``hide_error``; ``ERROR_PREFIX`` names the page in the status bar."""
+
+    ERROR_PREFIX = ""
+    error_label: ErrorBanner
+
+    @property
+    def last_error(self) -> str:
+        """The error shown in the banner ("" when none)."""
+        return self.error_label.message
+
+    def show_error(self, text: str) -> None:
+        """Show ``text`` in the banner and its first line in the window's status bar."""
+        self.error_label.show_message(text)
+        self.state.show_message(f"{self.ERROR_PREFIX}: " + text.splitlines()[0][:120])
+
+    def hide_error(self) -> None:
+        """Hide the banner."""
+        self.error_label.dismiss()
