@@ -39,10 +39,12 @@ from PySide6.QtWidgets import (
 from core.cancel import StopToken
 from core.config import GenerationConfig, field_meta
 from gui.chat_workers import ChatAnswer, ChatPaneThread, ChatRequest, ChatStatus, SharedSessions, TokenChunk
+from gui.widgets.page_heading import page_heading
+from gui.widgets.run_picker import FINAL as _FINAL
+from gui.widgets.run_picker import fill_checkpoints, workspace_runs
 
 SIDES = ("base", "tuned")
 _SIDE_TITLES = {"base": "Base model", "tuned": "Fine-tuned"}
-_FINAL = "final"
 
 
 @dataclass
@@ -138,17 +140,7 @@ class ChatPage(QWidget):
         outer.setContentsMargins(12, 12, 12, 12)
         outer.setSpacing(8)
 
-        header = QHBoxLayout()
-        title = QLabel("Chat")
-        font = title.font()
-        font.setPointSizeF(font.pointSizeF() * 1.5)
-        font.setBold(True)
-        title.setFont(font)
-        header.addWidget(title)
-        hint = QLabel("Ask once, compare the base model with your fine-tuned run side by side.")
-        hint.setStyleSheet("color: palette(mid);")
-        header.addWidget(hint, 1)
-        outer.addLayout(header)
+        outer.addLayout(page_heading("Chat", "Ask once, compare the base model with your fine-tuned run side by side."))
 
         picker = QHBoxLayout()
         picker.addWidget(QLabel("Fine-tuned run:"))
@@ -300,17 +292,12 @@ class ChatPage(QWidget):
     @Slot()
     def refresh_runs(self) -> None:
         """Refill the run and checkpoint lists from the workspace, keeping the selection."""
-        from core.runs import list_runs
-
         current = self.run_combo.currentData()
         current_ckpt = self.checkpoint_combo.currentData()
         self.run_combo.blockSignals(True)
         self.run_combo.clear()
         self.run_combo.addItem("(none: base model only)", None)
-        try:
-            runs = list_runs(self.state.workspace)
-        except OSError:
-            runs = []
+        runs = workspace_runs(self.state.workspace)
         for run in runs:
             label = f"{run.name}  ·  {run.method}  ·  {run.state}"
             self.run_combo.addItem(label, str(run.path))
@@ -322,16 +309,8 @@ class ChatPage(QWidget):
         self._fill_checkpoints(current_ckpt)
 
     def _fill_checkpoints(self, keep=None) -> None:
-        from core.runs import list_checkpoints
-
-        run_dir = self.run_combo.currentData()
         self.checkpoint_combo.blockSignals(True)
-        self.checkpoint_combo.clear()
-        if run_dir:
-            if (Path(run_dir) / "final").is_dir():
-                self.checkpoint_combo.addItem("final", _FINAL)
-            for step, path in reversed(list_checkpoints(run_dir)):
-                self.checkpoint_combo.addItem(f"step {step}", str(path))
+        fill_checkpoints(self.checkpoint_combo, self.run_combo.currentData())
         index = self.checkpoint_combo.findData(keep) if keep else -1
         self.checkpoint_combo.setCurrentIndex(max(index, 0))
         self.checkpoint_combo.setEnabled(self.checkpoint_combo.count() > 0)

@@ -40,6 +40,9 @@ from PySide6.QtWidgets import (
 )
 
 from gui.chat_workers import TaskOutcome, TaskProgress, TaskRunner
+from gui.widgets.page_heading import page_heading
+from gui.widgets.run_picker import FINAL as _FINAL
+from gui.widgets.run_picker import fill_checkpoints, workspace_runs
 
 METRIC_ROWS = (  # key, label, lower is better, format
     ("loss", "Loss", True, "{:.4f}"),
@@ -54,7 +57,6 @@ SCORE_LABELS = {"rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "
                 "exact_match": "Exact match"}
 FILTERS = ("All questions", "Got better", "Got worse", "Unchanged")
 BETTER, WORSE = QColor("#2a9d8f"), QColor("#d64550")
-_FINAL = "final"
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
@@ -175,17 +177,7 @@ class EvaluatePage(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(12, 12, 12, 12)
         outer.setSpacing(8)
-        header = QHBoxLayout()
-        title = QLabel("Evaluate")
-        font = title.font()
-        font.setPointSizeF(font.pointSizeF() * 1.5)
-        font.setBold(True)
-        title.setFont(font)
-        header.addWidget(title)
-        hint = QLabel("Score the base and the fine-tuned model on questions they were not trained on.")
-        hint.setStyleSheet("color: palette(mid);")
-        header.addWidget(hint, 1)
-        outer.addLayout(header)
+        outer.addLayout(page_heading("Evaluate", "Score the base and the fine-tuned model on questions they were not trained on."))
 
         top = QHBoxLayout()
         setup = QGroupBox("What to evaluate")
@@ -346,15 +338,10 @@ class EvaluatePage(QWidget):
     @Slot()
     def refresh_runs(self) -> None:
         """Refill the run list from the workspace (runs with trained weights first)."""
-        from core.runs import list_runs
-
         current = self.run_combo.currentData()
         self.run_combo.blockSignals(True)
         self.run_combo.clear()
-        try:
-            runs = list_runs(self.state.workspace)
-        except OSError:
-            runs = []
+        runs = workspace_runs(self.state.workspace)
         for run in runs:
             self.run_combo.addItem(f"{run.name}  ·  {run.state}", str(run.path))
         index = self.run_combo.findData(current) if current else -1
@@ -364,15 +351,7 @@ class EvaluatePage(QWidget):
 
     @Slot()
     def _on_run_changed(self, *_args) -> None:
-        from core.runs import list_checkpoints
-
-        run_dir = self.run_combo.currentData()
-        self.checkpoint_combo.clear()
-        if run_dir:
-            if (Path(run_dir) / "final").is_dir():
-                self.checkpoint_combo.addItem("final", _FINAL)
-            for step, path in reversed(list_checkpoints(run_dir)):
-                self.checkpoint_combo.addItem(f"step {step}", str(path))
+        fill_checkpoints(self.checkpoint_combo, self.run_combo.currentData())
         self._update_buttons()
         if not self._task.is_busy:
             self.load_previous()
