@@ -41,6 +41,7 @@ def test_opening_a_run_brings_its_settings_and_curves_to_the_train_page(qtbot, i
     assert win.state.config.training.learning_rate == pytest.approx(3e-3)
     train_page = win.pages["train"]
     assert train_page.current_run_dir == finished_run
+    assert "finished at step 4 / 4" in train_page.progress_bar.format()
     win._closing_confirmed = True
     win.close()
 

@@ -612,7 +612,21 @@ class TrainPage(QWidget):
             self.probe_strips.add_result(record)
         self.probe_editor.set_cost(self.probe_strips.seconds_per_round())
         self._show_run_markers(run_dir)
+        self._show_run_outcome(run_dir)
         self.plots.redraw()
+
+    def _show_run_outcome(self, run_dir: Path) -> None:
+        """The progress bar of a reopened run says how it ended, not "Starting…"."""
+        from core.runs import read_status
+
+        status = read_status(run_dir)
+        step, total = status.get("global_step") or 0, status.get("total_steps") or 0
+        if total:
+            self.progress_bar.setValue(int(1000 * min(step / total, 1.0)))
+        state = status.get("state", "unknown")
+        self.progress_bar.setFormat(f"{run_dir.name}: {state} at step {step}" + (f" / {total}" if total else ""))
+        if status.get("best_eval_loss") is not None:
+            self.stat_eval.set(f"best {status['best_eval_loss']:.4f}")
 
     def schedule_estimate(self) -> None:
         """Re-estimate memory and time shortly after the settings stop changing."""
