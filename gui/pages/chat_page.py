@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 from core.cancel import StopToken
 from core.config import GenerationConfig, field_meta
 from gui.chat_workers import ChatAnswer, ChatPaneThread, ChatRequest, ChatStatus, SharedSessions, TokenChunk
-from gui.widgets.page_heading import page_heading
+from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
 from gui.widgets.run_picker import fill_checkpoints, workspace_runs
 
@@ -136,11 +136,8 @@ class ChatPage(QWidget):
 
     # ---------------------------------------------------------------------------------- layout
     def _build(self) -> None:
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(12, 12, 12, 12)
-        outer.setSpacing(8)
-
-        outer.addLayout(page_heading("Chat", "Ask once, compare the base model with your fine-tuned run side by side."))
+        outer = compact_page_layout(self, "Chat",
+                                    "Ask once, compare the base model with your fine-tuned run side by side.")
 
         picker = QHBoxLayout()
         picker.addWidget(QLabel("Fine-tuned run:"))

@@ -38,6 +38,7 @@ from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
 from gui.widgets.histogram import LengthHistogram
 from gui.widgets.lazy_table import LazyTableModel, RowSource
+from gui.widgets.page_heading import themed_page_layout
 from gui.widgets.status_strip import BusyIndicator, ErrorBanner, ErrorBannerHost
 from gui.widgets.token_view import TokenLegend, TokenView
 
@@ -126,17 +127,8 @@ class DataPage(ErrorBannerHost, QWidget):
 
     # -- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
-        root = QVBoxLayout(self)
-        root.setContentsMargins(20, 16, 20, 12)
-        root.setSpacing(10)
-        title = QLabel("Data")
-        title.setObjectName("PageTitle")
-        subtitle = QLabel("Load a dataset and see it the way the model will: drop a file here, pick a sample "
-                          "or type a Hugging Face dataset id.")
-        subtitle.setObjectName("PageSubtitle")
-        subtitle.setWordWrap(True)
-        root.addWidget(title)
-        root.addWidget(subtitle)
+        root = themed_page_layout(self, "Data", "Load a dataset and see it the way the model will: drop a file "
+                                                "here, pick a sample or type a Hugging Face dataset id.")
 
         sources = QHBoxLayout()
         sources.setSpacing(8)

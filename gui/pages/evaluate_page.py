@@ -40,7 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 from gui.chat_workers import TaskOutcome, TaskProgress, TaskRunner
-from gui.widgets.page_heading import page_heading
+from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
 from gui.widgets.run_picker import fill_checkpoints, workspace_runs
 
@@ -174,10 +174,8 @@ class EvaluatePage(QWidget):
 
     # ------------------------------------------------------------------------------- layout
     def _build(self) -> None:
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(12, 12, 12, 12)
-        outer.setSpacing(8)
-        outer.addLayout(page_heading("Evaluate", "Score the base and the fine-tuned model on questions they were not trained on."))
+        outer = compact_page_layout(self, "Evaluate",
+                                    "Score the base and the fine-tuned model on questions they were not trained on.")
 
         top = QHBoxLayout()
         setup = QGroupBox("What to evaluate")

@@ -33,6 +33,7 @@ from gui import theme
 from gui.pages.data_page import error_text
 from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
+from gui.widgets.page_heading import themed_page_layout
 from gui.widgets.status_strip import BusyIndicator, ErrorBanner, ErrorBannerHost
 
 BUNDLED = "bundled:SmolLM2-135M-Instruct"
@@ -136,16 +137,8 @@ class ModelPage(ErrorBannerHost, QWidget):
 
     # -- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
-        root = QVBoxLayout(self)
-        root.setContentsMargins(20, 16, 20, 12)
-        root.setSpacing(10)
-        title = QLabel("Model")
-        title.setObjectName("PageTitle")
-        subtitle = QLabel("Pick the base model to fine-tune and how to train it. The bundled SmolLM2 works offline.")
-        subtitle.setObjectName("PageSubtitle")
-        subtitle.setWordWrap(True)
-        root.addWidget(title)
-        root.addWidget(subtitle)
+        root = themed_page_layout(self, "Model", "Pick the base model to fine-tune and how to train it. "
+                                                 "The bundled SmolLM2 works offline.")
 
         row = QHBoxLayout()
         row.setSpacing(8)
