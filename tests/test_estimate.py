@@ -137,3 +137,16 @@ def test_real_model_lora_estimate_within_30_percent(tmp_path):
           f"{measured['seconds_per_step']:.2f} s/step")
     assert 0.7 < memory_ratio < 1.3, memory_ratio
     assert 0.7 < time_ratio < 1.3, time_ratio
+
+
+def test_dataset_statistics_set_memory_by_the_longest_and_time_by_the_typical_batch(tiny_model_dir):
+    from core.estimate import estimate
+
+    cfg = tiny_config(tiny_model_dir)
+    cfg.training.max_length = 128
+    worst = estimate(cfg, measure_device=False)
+    real = estimate(cfg, measure_device=False, dataset_stats={"count": 100, "mean": 20, "max": 40})
+    assert real.total_bytes < worst.total_bytes  # activations for 40 tokens, not 128
+    assert real.tokens_per_step == cfg.training.batch_size * cfg.training.gradient_accumulation * 23  # ceil(20 * 1.15)
+    assert real.seconds_per_step < worst.seconds_per_step
+    assert real.total_steps is not None and any("typical batches" in note for note in real.notes)

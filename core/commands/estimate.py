@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--probe", action="store_true", help="also run a few real training steps and measure")
     p.add_argument("--steps", type=int, default=3, help="steps of the probe (default 3)")
     p.add_argument("--processes", type=int, default=1, help="data-parallel processes (divides the steps)")
+    p.add_argument("--no-data", action="store_true",
+                   help="do not read the dataset (faster; assumes every batch is max length long)")
     p.set_defaults(func=run_estimate)
 
     p = subparsers.add_parser("launch", help="train with several processes (data parallel) via accelerate",
@@ -49,10 +51,11 @@ def _load(args) -> RunConfig:
 
 
 def run_estimate(args) -> int:
-    from core.estimate import estimate, make_it_fit, probe
+    from core.estimate import dataset_stats_for, estimate, make_it_fit, probe
 
     cfg = _load(args)
-    result = estimate(cfg, processes=args.processes)
+    stats = None if args.no_data else dataset_stats_for(cfg)
+    result = estimate(cfg, processes=args.processes, dataset_stats=stats)
     if args.probe:
         result = probe(cfg, steps=args.steps, base=result)
     print(result.table())

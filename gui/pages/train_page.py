@@ -1067,9 +1067,14 @@ class TrainPage(QWidget):
 
 def _estimate_with_fixes(cfg: RunConfig, processes: int, _progress, _stop):
     """Worker side of the estimate panel: the formula estimate and, when it does not fit, the fixes."""
-    from core.estimate import estimate, make_it_fit
+    from core.errors import StudioError
+    from core.estimate import dataset_stats_for, estimate, make_it_fit
 
-    est = estimate(cfg, processes=processes)
+    try:
+        stats = dataset_stats_for(cfg, stop=_stop)  # cached after the first time: the data page tokenizes too
+    except StudioError:
+        stats = None  # the data page shows what is wrong with the data; estimate the worst case meanwhile
+    est = estimate(cfg, processes=processes, dataset_stats=stats)
     return est, (make_it_fit(cfg, est) if est.fits is False else [])
 
 
