@@ -296,8 +296,9 @@ class TrainingPlots(QWidget):
         legend.addItem(self._best_item, "best checkpoint")
         self._early_line = pg.InfiniteLine(angle=90, movable=False,
                                            pen=pg.mkPen("#b42318", width=1.5, style=Qt.PenStyle.DashLine),
-                                           label="", labelOpts={"position": 0.5, "color": "#b42318",
+                                           label="", labelOpts={"position": 0.2, "color": "#b42318",
                                                                 "fill": (255, 255, 255, 220),
+                                                                # low: the legend sits at the top right
                                                                 # text left of the line: it is often
                                                                 # the last step, at the right edge
                                                                 "anchors": [(1.05, 0.5), (1.05, 0.5)]})
