@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from core.errors import Cancelled
 
@@ -33,3 +36,25 @@ class StopToken:
     def raise_if_set(self) -> None:
         if self._event.is_set():
             raise Cancelled(self.reason or "stop requested")
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(stop: StopToken, notice: str = "stopping...") -> Iterator[StopToken]:
+    """CLI helper: the first Ctrl+C requests a cooperative stop (``notice`` is printed), the second aborts
+    with KeyboardInterrupt. The previous SIGINT handler is restored afterwards; no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        stop.request("stopped with Ctrl+C")
+        print(f"\n{notice}", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

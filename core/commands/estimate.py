@@ -6,11 +6,7 @@
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
-
-from core.cancel import StopToken
+from core.cancel import StopToken, stop_on_ctrl_c
 from core.config import RunConfig
 
 
@@ -71,23 +67,11 @@ def run_estimate(args) -> int:
 def run_launch(args) -> int:
     from core.launch import launch_distributed
 
-    stop = StopToken()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum, frame):
-            if stop.is_set:
-                raise KeyboardInterrupt
-            print("\nstopping all processes (a checkpoint is saved; Ctrl+C again to abort)", file=sys.stderr)
-            stop.request("stopped with Ctrl+C")
-
-        previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    notice = "stopping all processes (a checkpoint is saved; Ctrl+C again to abort)"
+    with stop_on_ctrl_c(StopToken(), notice) as stop:
         result = launch_distributed(args.config, processes=args.processes,
                                     accelerate_config=args.accelerate_config, workspace=args.output,
                                     stop=stop, on_line=lambda line: print(line, flush=True),
                                     launcher=args.launcher)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     print(f"{result.state}: {result.message}" + (f" ({result.run_dir})" if result.run_dir else ""))
     return 0 if result.state in ("finished", "stopped") else 1

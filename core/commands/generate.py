@@ -10,12 +10,9 @@ Ctrl+C during generation or evaluation stops it cleanly.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-import threading
 
-from core.cancel import StopToken
+from core.cancel import StopToken, stop_on_ctrl_c
 
 
 def register(subparsers) -> None:
@@ -61,24 +58,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_export)
 
 
-@contextlib.contextmanager
 def _ctrl_c_stops(stop: StopToken):
-    """First Ctrl+C asks to stop at the next token / step; the default handler is restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if stop.is_set:
-            raise KeyboardInterrupt
-        stop.request("interrupted by Ctrl+C")
-        print("\nstopping...", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    """First Ctrl+C asks to stop at the next token / step; a second one aborts."""
+    return stop_on_ctrl_c(stop, "stopping... (Ctrl+C again to abort)")
 
 
 def _progress(fraction, message) -> None:

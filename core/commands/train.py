@@ -12,14 +12,11 @@ resumed); a second Ctrl+C aborts at once.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 
 from core.cancel import StopToken
+from core.cancel import stop_on_ctrl_c as _stop_on_ctrl_c
 from core.config import RunConfig
 
 # (flag, dotted config field) for the shortcut flags of `train`
@@ -90,25 +87,9 @@ def build_config(args) -> RunConfig:
     return cfg
 
 
-@contextlib.contextmanager
 def stop_on_ctrl_c(stop: StopToken):
-    """First Ctrl+C: request a stop at the next step. Second: abort (KeyboardInterrupt)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if stop.is_set:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        stop.request("stopped with Ctrl+C")
-        print("\nstopping after this step and saving a checkpoint (Ctrl+C again to abort)", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    """First Ctrl+C: request a stop at the next step (a checkpoint is saved). Second: abort."""
+    return _stop_on_ctrl_c(stop, "stopping after this step and saving a checkpoint (Ctrl+C again to abort)")
 
 
 def _report(result) -> int:
