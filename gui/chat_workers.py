@@ -25,11 +25,13 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.cancel import StopToken
+from gui.import_lock import heavy_imports_lock, import_heavy_libraries
 
-# Loading is serialised: transformers' lazy imports are not thread-safe (two panes importing it for the
-# first time at once can fail with "cannot import name AutoTokenizer"), and on a small machine two
-# loads at once are no faster than one after the other.
-_LOAD_LOCK = threading.Lock()
+# Loading is serialised under the GUI-wide import lock: transformers' lazy imports are not thread-safe
+# (two threads importing it for the first time at once fail with "cannot import name AutoTokenizer"; the
+# Train page preload, the device probe and page tasks import it too), and on a small machine two loads at
+# once are no faster than one after the other.
+_LOAD_LOCK = heavy_imports_lock
 
 # Every QThread these helpers start, so tests (and shutdown code) can check none is left running.
 _THREADS: weakref.WeakSet[QThread] = weakref.WeakSet()
@@ -145,6 +147,7 @@ class ChatWorker(QObject):
                 self.statusChanged.emit(ChatStatus(request.generation_id, request.side, "Loading the model…"))
                 self._session = None  # free the previous model before loading the next one
                 with _LOAD_LOCK:
+                    import_heavy_libraries()
                     self._session = self._factory(request.source, request.checkpoint)
                 self._session_key = key
                 load_seconds = time.perf_counter() - started

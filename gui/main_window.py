@@ -269,7 +269,8 @@ class MainWindow(QMainWindow):
 
     def probe_device(self) -> None:
         """Ask core.devices (in a worker: it imports torch) which device training will use."""
-        task = self.tasks.run(probe_device_text, name="device-probe")
+        # heavy_imports: torch is imported under the GUI-wide import lock, never alongside another first import.
+        task = self.tasks.run(probe_device_text, name="device-probe", heavy_imports=True)
         task.succeeded.connect(self.device_label.setText)
         task.failed.connect(lambda exc: self.device_label.setToolTip(f"Device check failed: {exc}"))
         task.start()

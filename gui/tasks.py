@@ -10,6 +10,10 @@ Usage::
 
 Only plain Python objects cross threads (``Signal(object)``). The function never touches widgets.
 ``TaskGroup`` keeps a page's tasks so it can cancel and wait for all of them when the window closes.
+
+Before the function runs, the worker imports torch/transformers/peft under the shared import lock
+(``gui.import_lock``; a no-op once done) because concurrent first imports of transformers fail.
+Pass ``heavy_imports=False`` for a task that never touches them, so it does not wait for that import.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.cancel import StopToken
+from gui.import_lock import import_heavy_libraries
 
 TaskFn = Callable[[Callable[[float | None, str], None], StopToken], Any]
 
@@ -34,10 +39,11 @@ class _Worker(QObject):
     failed = Signal(object)
     done = Signal()
 
-    def __init__(self, fn: TaskFn, stop: StopToken):
+    def __init__(self, fn: TaskFn, stop: StopToken, heavy_imports: bool = True):
         super().__init__()
         self._fn = fn
         self._stop = stop
+        self._heavy_imports = heavy_imports
         self._last_progress = 0.0
 
     def _report(self, fraction: float | None, message: str) -> None:
@@ -50,6 +56,8 @@ class _Worker(QObject):
     @Slot()
     def run(self) -> None:
         try:
+            if self._heavy_imports:
+                import_heavy_libraries()
             result = self._fn(self._report, self._stop)
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the GUI, never kill the thread silently
             exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
@@ -58,6 +66,9 @@ class _Worker(QObject):
             self.succeeded.emit(result)
         finally:
             self.done.emit()
+            # End the thread from this side: a queued quit would only be delivered by the GUI thread's
+            # event loop, which is blocked while TaskGroup.shutdown()/wait_all() waits for this thread.
+            QThread.currentThread().quit()
 
 
 class Task(QObject):
@@ -72,20 +83,20 @@ class Task(QObject):
     failed = Signal(object)
     finished = Signal()
 
-    def __init__(self, fn: TaskFn, parent: QObject | None = None, name: str = "task"):
+    def __init__(self, fn: TaskFn, parent: QObject | None = None, name: str = "task", *,
+                 heavy_imports: bool = True):
         super().__init__(parent)
         self.name = name
         self.stop_token = StopToken()
         self._thread: QThread | None = QThread()
         self._thread.setObjectName(f"studio-{name}")
-        self._worker: _Worker | None = _Worker(fn, self.stop_token)
+        self._worker: _Worker | None = _Worker(fn, self.stop_token, heavy_imports)
         self._worker.moveToThread(self._thread)
         self._thread.started.connect(self._worker.run)
         # Relays into this object's (GUI) thread: queued because the worker emits from its thread.
         self._worker.progress.connect(self._relay_progress)
         self._worker.succeeded.connect(self._relay_succeeded)
         self._worker.failed.connect(self._relay_failed)
-        self._worker.done.connect(self._thread.quit)
         self._thread.finished.connect(self._on_thread_finished)
         self._running = False
         self._cancelled = False
@@ -152,9 +163,11 @@ class TaskGroup(QObject):
         super().__init__(parent)
         self._tasks: list[Task] = []
 
-    def run(self, fn: TaskFn, name: str = "task") -> Task:
-        """Create a Task owned by this group; connect its signals, then call ``start()``."""
-        task = Task(fn, parent=self, name=name)
+    def run(self, fn: TaskFn, name: str = "task", *, heavy_imports: bool = True) -> Task:
+        """Create a Task owned by this group; connect its signals, then call ``start()``.
+
+        ``heavy_imports=False``: the function never uses torch/transformers, so skip the import step."""
+        task = Task(fn, parent=self, name=name, heavy_imports=heavy_imports)
         was_busy = self.is_busy
         self._tasks.append(task)
         task.finished.connect(self._forget)

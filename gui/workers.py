@@ -28,6 +28,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from core.cancel import StopToken
 from core.config import RunConfig
 from core.metrics import CallbackSink, MetricPoint, ProbeResult, StatusEvent
+from gui.import_lock import heavy_imports_lock, heavy_libraries_imported, import_heavy_libraries, no_gc_during_import
 
 # Every QThread this module started and that has not finished yet (tests assert it ends up empty).
 _LIVE_THREADS: weakref.WeakSet[QThread] = weakref.WeakSet()
@@ -39,9 +40,6 @@ IMPORT_SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
 # event-loop gaps of 190-300 ms). A 0.5 ms interval makes the hand-overs quick at a small cost in throughput.
 TRAINING_SWITCH_INTERVAL = 0.0005
 
-_import_lock = threading.Lock()
-
-
 def running_threads() -> list[QThread]:
     """Threads started here that are still running (empty when all work has ended)."""
     return [thread for thread in list(_LIVE_THREADS) if thread.isRunning()]
@@ -50,30 +48,27 @@ def running_threads() -> list[QThread]:
 def preimport_heavy_modules() -> float:
     """Import torch, transformers, peft, datasets and core.training once; returns the seconds it took.
 
-    Called on a worker thread. The GIL switch interval is shortened meanwhile so the GUI thread is
-    scheduled every ~0.5 ms instead of ~5 ms while the importer runs Python code.
+    Called on a worker thread, under the shared ``gui.import_lock.heavy_imports_lock`` (other workers
+    import transformers too, and concurrent first imports fail). The garbage collector is paused meanwhile.
     """
     started = time.perf_counter()
-    with _import_lock:
-        missing = [name for name in HEAVY_MODULES if name not in sys.modules]
-        if not missing and "core.training" in sys.modules:
+
+    def done() -> bool:
+        return heavy_libraries_imported() and all(n in sys.modules for n in (*HEAVY_MODULES, "core.training"))
+
+    if done():  # without the lock: a chat pane may hold it for a whole model load
+        return 0.0
+    with heavy_imports_lock:
+        if done():
             return 0.0
-        # The imports create ~a million objects; each full garbage collection triggered on this thread
-        # walks all of them while holding the GIL (measured: GUI stalls growing to 100-370 ms). No
-        # collection during the import, then freeze the survivors so later collections skip them.
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        import_heavy_libraries()
+        with no_gc_during_import():
             for name in HEAVY_MODULES:
                 try:
                     __import__(name)
                 except ImportError:
                     pass  # optional here; core.training reports a clear error if one is really missing
             import core.training  # noqa: F401
-        finally:
-            gc.freeze()
-            if was_enabled:
-                gc.enable()
     return time.perf_counter() - started
 
 
@@ -184,6 +179,8 @@ class TrainingWorker(QObject):
             self.succeeded.emit(result)
         finally:
             self.done.emit()
+            # Quit from this side: a queued quit needs the GUI event loop, blocked while wait() runs.
+            QThread.currentThread().quit()
 
     def _run(self) -> Any:
         if any(name not in sys.modules for name in ("torch", "transformers", "core.training")):
@@ -272,6 +269,7 @@ class _PreloadWorker(QObject):
         except BaseException as exc:  # noqa: BLE001 - reported; training will raise it properly later
             seconds = exc
         self.done.emit(seconds)
+        QThread.currentThread().quit()  # not via a queued signal: the GUI thread may be blocked in wait()
 
 
 class TrainingController(QObject):
@@ -322,7 +320,6 @@ class TrainingController(QObject):
         worker.moveToThread(thread)
         thread.started.connect(worker.run)
         worker.done.connect(self._on_preloaded)
-        worker.done.connect(thread.quit)
         thread.finished.connect(self._on_preload_thread_finished)
         self._preload_thread, self._preload_worker = thread, worker
         _LIVE_THREADS.add(thread)
@@ -371,7 +368,6 @@ class TrainingController(QObject):
         worker.runDirReady.connect(self._on_run_dir)
         worker.succeeded.connect(self.runFinished)
         worker.failed.connect(self.runFailed)
-        worker.done.connect(thread.quit)
         thread.finished.connect(self._on_thread_finished)
         self._thread, self._worker = thread, worker
         _LIVE_THREADS.add(thread)
