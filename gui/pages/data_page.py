@@ -417,8 +417,9 @@ class DataPage(ErrorBannerHost, QWidget):
         self._update_source_label()
         if loaded.kind == "jsonl" and not loaded.total_known:
             table = loaded.table
+            # Plain file indexing needs no torch/transformers: don't wait for their first import.
             task = self.tasks.run(lambda progress, stop: table.index_all(stop=stop, progress=progress),
-                                  name="data-index")
+                                  name="data-index", heavy_imports=False)
             task.progress.connect(self._on_index_progress)
             task.succeeded.connect(lambda _result: self._update_source_label())
             task.failed.connect(self._on_index_failed)
