@@ -90,7 +90,9 @@ def apply_theme(app: QApplication, theme: str | None = None) -> str:
     app.setStyle("Fusion")
     app.setPalette(_palette(theme))
     sheet = RESOURCES / f"style_{theme}.qss"
-    app.setStyleSheet(sheet.read_text(encoding="utf-8") if sheet.is_file() else "")
+    text = sheet.read_text(encoding="utf-8") if sheet.is_file() else ""
+    # url() in a style sheet is relative to the working directory: point it at resources/ explicitly.
+    app.setStyleSheet(text.replace("@RESOURCES@", RESOURCES.as_posix()))
     font = app.font()
     if font.pointSizeF() < 10:
         font.setPointSizeF(10)
