@@ -156,6 +156,14 @@ def architecture(cfg: RunConfig) -> Architecture:
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
+    return architecture_from_model(model)
+
+
+def architecture_from_model(model) -> Architecture:
+    """The ``Architecture`` of a model object (real or on the meta device); its config gives the sizes."""
+    import torch
+
+    config = model.config
     seen: set[int] = set()
     total = 0
     for param in model.parameters():
@@ -420,13 +428,13 @@ def _child_probe(config_path: str, out_path: str, run_dir: str) -> None:
     """Runs in the child process: baseline memory, real training steps, peak memory and step times."""
     import resource
 
+    # transformers' modules load lazily: touch everything a run imports before taking the baseline, so
+    # the measured growth is the run's memory and not a few hundred MB of library code.
+    import datasets  # noqa: F401
     import peft  # noqa: F401  imported before the baseline: their import cost is not the run's memory
     import psutil
     import torch
     import transformers  # noqa: F401
-    # transformers' modules load lazily: touch everything a run imports before taking the baseline, so
-    # the measured growth is the run's memory and not a few hundred MB of library code.
-    import datasets  # noqa: F401
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments  # noqa: F401
 
     from core import training  # noqa: F401

@@ -442,13 +442,25 @@ def _trainable_for_method(model, method_cfg) -> int:
     return _count(wrapped)[1]
 
 
+def _training_memory(model, method_cfg, batch_size: int, seq_len: int) -> int:
+    """The pre-flight estimate's memory total (core.estimate) for this model, method and batch shape, so the
+    Model page and the Train page show the same number (every batch assumed ``seq_len`` tokens long)."""
+    from core.config import RunConfig
+    from core.estimate import architecture_from_model, estimate
+
+    cfg = RunConfig()
+    cfg.method = method_cfg
+    cfg.training.batch_size = batch_size
+    cfg.training.max_length = seq_len
+    return int(estimate(cfg, model_info=architecture_from_model(model), measure_device=False).total_bytes)
+
+
 def model_info(model, method_cfg, *, batch_size: int = 8, seq_len: int = 256,
                tokenizer=None) -> ModelInfo:
     """Parameters, memory and compute of training ``model`` with ``method_cfg`` (rough, for planning).
 
-    Training memory = weights + gradients and Adam states (two fp32 moments) of the trainable
-    parameters + activations (about 34 x hidden bytes per token and layer at 16 bits, doubled for
-    fp32, plus attention scores and the logits). FLOPs per token: 6N for full fine-tuning (forward 2N,
+    Training memory is core.estimate's figure (weights, gradients, optimizer state, activations and logits
+    for ``batch_size`` x ``seq_len``), the same as the Train page's pre-flight estimate. FLOPs per token: 6N for full fine-tuning (forward 2N,
     backward 4N); with frozen weights the weight-gradient half of the backward pass is skipped:
     ~4N + 6 x trainable.
     """
@@ -465,18 +477,11 @@ def model_info(model, method_cfg, *, batch_size: int = 8, seq_len: int = 256,
         weights_bytes = int(linear * 0.5 + (total - linear) * 2)
     else:
         weights_bytes = total * element
-    trainable_bytes = trainable * 4 * (1 + 2)  # fp32 gradients + Adam's two moments
-    if method_cfg.method != "full":
-        trainable_bytes += trainable * 4  # the adapter weights themselves (fp32)
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     hidden = int(getattr(config, "hidden_size", 0) or 0)
-    heads = int(getattr(config, "num_attention_heads", 1) or 1)
     vocab = int(getattr(config, "vocab_size", 0) or 0)
-    act_scale = max(element, 2) / 2
     tokens = batch_size * seq_len
-    activations = (layers * tokens * hidden * 34 + layers * 5 * heads * seq_len * seq_len * batch_size) * act_scale
-    activations += tokens * vocab * 4 * 2  # fp32 logits and their gradient
-    training_memory = int(weights_bytes + trainable_bytes + activations)
+    training_memory = _training_memory(base, method_cfg, batch_size, seq_len)
     if method_cfg.method == "full":
         flops_per_token = 6.0 * total
     else:

@@ -324,3 +324,19 @@ def test_core_model_modules_import_without_torch():
             "sys.exit(1 if 'torch' in sys.modules or 'transformers' in sys.modules else 0)")
     root = Path(__file__).resolve().parent.parent
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_model_page_memory_is_the_pre_flight_estimate(tiny_model_dir):
+    """One formula for training memory: the Model page's figure equals core.estimate's for the same shape."""
+    from transformers import AutoModelForCausalLM
+
+    from core.config import RunConfig
+    from core.estimate import estimate
+    from core.models import model_info
+
+    cfg = RunConfig()
+    cfg.model.name_or_path = str(tiny_model_dir)
+    cfg.training.batch_size, cfg.training.max_length = 4, 64
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    info = model_info(model, cfg.method, batch_size=4, seq_len=64)
+    assert info.training_memory_bytes == estimate(cfg, measure_device=False).total_bytes
