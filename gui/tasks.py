@@ -31,13 +31,38 @@ from gui.import_lock import import_heavy_libraries
 TaskFn = Callable[[Callable[[float | None, str], None], StopToken], Any]
 
 
-class _Worker(QObject):
-    """Lives on the worker thread; calls the function and emits its outcome."""
+class GuardedWorker(QObject):
+    """Base of the workers moved to a QThread: ``run`` calls ``work()`` and reports its outcome as
+    ``succeeded(result)`` or ``failed(exception)`` (with ``__traceback_text__``), then ``done``, and ends its
+    own thread. Subclasses implement ``work``."""
 
-    progress = Signal(object)
     succeeded = Signal(object)
     failed = Signal(object)
     done = Signal()
+
+    def work(self) -> Any:
+        raise NotImplementedError
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = self.work()
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach the GUI, never kill the thread silently
+            exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
+            self.failed.emit(exc)
+        else:
+            self.succeeded.emit(result)
+        finally:
+            self.done.emit()
+            # End the thread from this side: a queued quit would only be delivered by the GUI thread's
+            # event loop, which is blocked while TaskGroup.shutdown()/wait_all() waits for this thread.
+            QThread.currentThread().quit()
+
+
+class _Worker(GuardedWorker):
+    """Lives on the worker thread; calls the function and emits its outcome."""
+
+    progress = Signal(object)
 
     def __init__(self, fn: TaskFn, stop: StopToken, heavy_imports: bool = True):
         super().__init__()
@@ -53,22 +78,10 @@ class _Worker(QObject):
             self._last_progress = now
             self.progress.emit((fraction, message))
 
-    @Slot()
-    def run(self) -> None:
-        try:
-            if self._heavy_imports:
-                import_heavy_libraries()
-            result = self._fn(self._report, self._stop)
-        except BaseException as exc:  # noqa: BLE001 - every failure must reach the GUI, never kill the thread silently
-            exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
-            self.failed.emit(exc)
-        else:
-            self.succeeded.emit(result)
-        finally:
-            self.done.emit()
-            # End the thread from this side: a queued quit would only be delivered by the GUI thread's
-            # event loop, which is blocked while TaskGroup.shutdown()/wait_all() waits for this thread.
-            QThread.currentThread().quit()
+    def work(self) -> Any:
+        if self._heavy_imports:
+            import_heavy_libraries()
+        return self._fn(self._report, self._stop)
 
 
 class Task(QObject):

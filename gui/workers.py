@@ -29,6 +29,7 @@ from core.cancel import StopToken
 from core.config import RunConfig
 from core.metrics import CallbackSink, MetricPoint, ProbeResult, StatusEvent
 from gui.import_lock import heavy_imports_lock, heavy_libraries_imported, import_heavy_libraries, no_gc_during_import
+from gui.tasks import GuardedWorker
 
 # Every QThread this module started and that has not finished yet (tests assert it ends up empty).
 _LIVE_THREADS: weakref.WeakSet[QThread] = weakref.WeakSet()
@@ -151,7 +152,7 @@ class MetricsTail:
 TAIL_INTERVAL_S = 0.5
 
 
-class TrainingWorker(QObject):
+class TrainingWorker(GuardedWorker):
     """Lives on the worker thread. Only emits signals; never touches a widget."""
 
     metric = Signal(object)  # core.metrics.MetricPoint
@@ -159,30 +160,14 @@ class TrainingWorker(QObject):
     probe = Signal(object)  # core.metrics.ProbeResult
     logLine = Signal(str)  # output of launched processes
     runDirReady = Signal(object)  # Path of the run folder, as soon as it exists
-    succeeded = Signal(object)  # core.training.RunResult
-    failed = Signal(object)  # the exception (with __traceback_text__)
-    done = Signal()
+    # succeeded(core.training.RunResult) / failed(exception) / done come from GuardedWorker.
 
     def __init__(self, job: TrainingJob, stop: StopToken):
         super().__init__()
         self.job = job
         self.stop = stop
 
-    @Slot()
-    def run(self) -> None:
-        try:
-            result = self._run()
-        except BaseException as exc:  # noqa: BLE001 - every failure must reach the GUI, never kill the thread
-            exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
-            self.failed.emit(exc)
-        else:
-            self.succeeded.emit(result)
-        finally:
-            self.done.emit()
-            # Quit from this side: a queued quit needs the GUI event loop, blocked while wait() runs.
-            QThread.currentThread().quit()
-
-    def _run(self) -> Any:
+    def work(self) -> Any:
         if any(name not in sys.modules for name in ("torch", "transformers", "core.training")):
             self.status.emit(StatusEvent("running", "Loading the training libraries (torch, transformers)..."))
             preimport_heavy_modules()
