@@ -51,7 +51,7 @@ def test_points_are_coalesced_into_few_redraws(plots, qtbot):
     for step in range(1, 51):
         plots.add_point(MetricPoint(kind="train", step=step, loss=3.0 - step / 50, learning_rate=1e-4,
                                     grad_norm=1.0, epoch=step / 50))
-    with qtbot.waitSignal(plots.redrawn, timeout=1000):
+    with qtbot.waitSignal(plots.redrawn, timeout=10000):
         pass
     assert plots.redraw_count - start == 1
     assert plots.point_counts() == {"train": 50, "eval": 1, "learning_rate": 50, "grad_norm": 50}

@@ -149,4 +149,4 @@ def test_clone_rename_delete_and_watch(qtbot, runs_page, monkeypatch):
     cfg = load(page.state.workspace / "from-cli")
     cfg.name = "from-cli"
     cfg.save(page.state.workspace / "from-cli" / "config.yaml")
-    qtbot.waitUntil(lambda: page.table.rowCount() == 2, timeout=int(os.environ.get("RUNS_WATCH_TIMEOUT", 8000)))
+    qtbot.waitUntil(lambda: page.table.rowCount() == 2, timeout=int(os.environ.get("RUNS_WATCH_TIMEOUT", 30000)))

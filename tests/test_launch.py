@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
 
 import psutil
@@ -90,17 +89,21 @@ def test_two_processes_one_run_folder_half_the_steps(tiny_model_dir, tmp_path, i
 
 
 def test_stop_relays_to_every_rank_and_leaves_a_checkpoint(tiny_model_dir, tmp_path, isolated_home):
-    cfg = tiny_config(tiny_model_dir, examples(tmp_path / "data.jsonl", n=400), save_steps=1000)
+    # Deterministic: the run is far too long to end by itself (100k steps), and the stop is requested on an
+    # event (the first progress line), not after a timer; so the only way it ends is the relayed stop.
+    cfg = tiny_config(tiny_model_dir, examples(tmp_path / "data.jsonl", n=400), save_steps=100_000,
+                      max_steps=100_000)
     stop = StopToken()
 
     def watch(line: str) -> None:
-        if "/50" in line and not stop.is_set:  # training has started: ask to stop
-            threading.Timer(0.5, stop.request, args=("test stop",)).start()
+        if "/100000" in line and not stop.is_set:  # training has started: ask to stop
+            stop.request("test stop")
 
     result = launch_distributed(cfg, processes=2, workspace=tmp_path / "runs", stop=stop, on_line=watch,
-                                grace_seconds=30)
+                                grace_seconds=120)
+    assert stop.is_set, "no progress line was seen"
     assert result.state == "stopped", result.message
     status = result.status
-    assert 0 < status["global_step"] < 50
+    assert 0 < status["global_step"] < 100_000
     assert (result.run_dir / "checkpoints").is_dir() and any((result.run_dir / "checkpoints").iterdir())
     assert no_process_mentions(str(result.run_dir))

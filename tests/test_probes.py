@@ -83,12 +83,24 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r.get("kind") == "train"}
 
 
-def test_probes_do_not_change_training_and_are_logged(cfg, tmp_path):
+def test_probes_do_not_change_training_and_are_logged(cfg, tmp_path, monkeypatch):
     from core.training import train
 
     plain = train(cfg, workspace=tmp_path / "ws")
     probes: list[ProbeResult] = []
     events: list[StatusEvent] = []
+    import core.probes as probes_module
+
+    paused: list[float] = []
+    real_factory = probes_module.make_probe_callback
+
+    def recording_factory(*args, on_pause=None, **kwargs):
+        def record(seconds: float) -> None:
+            paused.append(seconds)
+            on_pause(seconds)
+        return real_factory(*args, on_pause=record, **kwargs)
+
+    monkeypatch.setattr(probes_module, "make_probe_callback", recording_factory)
     probed = train(cfg, workspace=tmp_path / "ws", probes=PROMPTS,
                    sinks=[CallbackSink(on_status=events.append, on_probe=probes.append)])
     assert plain.state == probed.state == "finished"
@@ -109,10 +121,9 @@ def test_probes_do_not_change_training_and_are_logged(cfg, tmp_path):
     settings = load_probe_settings(probed.run_dir)
     assert settings == {"prompts": PROMPTS, "every": None, "max_new_tokens": 24}
     assert not (plain.run_dir / "probes.json").exists() and read_probes(plain.run_dir) == []
-    # Probe time is kept out of the speed figures: seconds/step stays in the same range as without probes.
-    last_plain = [r for r in read_metrics(plain.run_dir) if r.get("kind") == "train"][-1]
-    last_probed = [r for r in read_metrics(probed.run_dir) if r.get("kind") == "train"][-1]
-    assert last_probed["seconds_per_step"] < 3 * last_plain["seconds_per_step"] + 0.05
+    # Probe time is kept out of the speed figures: each round's cost is handed to the step timer as a pause
+    # (the mechanic; the overhead figure itself is measured in bench/, not asserted on a shared machine).
+    assert len(paused) == 3 and sum(paused) >= records[-1]["total_seconds"]
 
 
 def test_stop_during_probing_then_resume_keeps_probing(cfg, tmp_path):
