@@ -1,4 +1,4 @@
-"""Headless command line: ``python main.py <command> ...``. No Qt is imported here."""
+"""Headless command line: ``finetune-studio <command> ...`` (``python main.py`` in a checkout). No Qt here."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ from core.commands import COMMAND_MODULES
 from core.errors import Cancelled, StudioError
 
 
+def _program_name() -> str:
+    """How the user started us, for usage lines: the installed command or the checkout's main.py."""
+    started_as = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python main.py" if started_as == "main.py" else "finetune-studio"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python main.py",
+        prog=_program_name(),
         description="FineTune Studio: fine-tune causal language models. Run without arguments for the app.",
     )
     parser.add_argument("--screenshot", metavar="FILE", help="render the main window to a PNG and exit")

@@ -1,14 +1,33 @@
-"""Light and dark themes that follow the system colour scheme; style sheets live in resources/."""
+"""Light and dark themes that follow the system colour scheme; style sheets and icons are package data."""
 
 from __future__ import annotations
 
+import atexit
+import re
+from contextlib import ExitStack
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QFont, QGuiApplication, QIcon, QPalette
 from PySide6.QtWidgets import QApplication
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+# Files extracted from a zipped install (importlib.resources.as_file) must outlive every QIcon using them.
+_EXTRACTED = ExitStack()
+atexit.register(_EXTRACTED.close)
+
+
+def resource_file(relative: str) -> Path | None:
+    """A real file path for package data ``relative`` (e.g. "icons/data.svg"), or None when it is missing.
+
+    Qt needs file paths, so a resource inside a zip is extracted once and kept until the app exits.
+    """
+    item = files("resources").joinpath(*relative.split("/"))
+    if not item.is_file():
+        return None
+    if isinstance(item, Path):
+        return item
+    return _EXTRACTED.enter_context(as_file(item))
 
 # Colours the pages use outside style sheets (plots, the token view); indexed by theme name.
 COLORS = {
@@ -27,12 +46,28 @@ COLORS = {
 
 def icon(name: str) -> QIcon:
     """An icon from resources/icons/<name>.svg (an empty icon when missing)."""
-    path = RESOURCES / "icons" / f"{name}.svg"
-    return QIcon(str(path)) if path.is_file() else QIcon()
+    path = resource_file(f"icons/{name}.svg")
+    return QIcon(str(path)) if path is not None else QIcon()
 
 
 def app_icon() -> QIcon:
-    return QIcon(str(RESOURCES / "app_icon.svg"))
+    path = resource_file("app_icon.svg")
+    return QIcon(str(path)) if path is not None else QIcon()
+
+
+def style_sheet(theme: str) -> str:
+    """The style sheet for ``theme`` with each ``url(@RESOURCES@/...)`` pointing at the real file.
+
+    url() in a style sheet is relative to the working directory, so every reference is made absolute.
+    """
+    sheet = files("resources").joinpath(f"style_{theme}.qss")
+    text = sheet.read_text(encoding="utf-8") if sheet.is_file() else ""
+
+    def absolute(match: re.Match) -> str:
+        path = resource_file(match.group(1))
+        return f"url({path.as_posix()})" if path is not None else "url()"
+
+    return re.sub(r"url\(@RESOURCES@/([^)]+)\)", absolute, text)
 
 
 def system_theme() -> str:
@@ -89,10 +124,7 @@ def apply_theme(app: QApplication, theme: str | None = None) -> str:
     theme = theme or system_theme()
     app.setStyle("Fusion")
     app.setPalette(_palette(theme))
-    sheet = RESOURCES / f"style_{theme}.qss"
-    text = sheet.read_text(encoding="utf-8") if sheet.is_file() else ""
-    # url() in a style sheet is relative to the working directory: point it at resources/ explicitly.
-    app.setStyleSheet(text.replace("@RESOURCES@", RESOURCES.as_posix()))
+    app.setStyleSheet(style_sheet(theme))
     font = app.font()
     if font.pointSizeF() < 10:
         font.setPointSizeF(10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -50,7 +51,7 @@ ESTIMATE_DEBOUNCE_MS = 600  # re-estimate this long after the last settings chan
 STATS_INTERVAL_MS = 250  # the numbers above the plots refresh at most 4 times a second
 CHECKPOINT_SCAN_INTERVAL_S = 2.0  # how often a live run's checkpoint folder is listed for markers
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "resources" / "presets"
+PRESETS_DIR = files("resources").joinpath("presets")  # package data: works from a wheel as from the checkout
 RESUMABLE_STATES = ("stopped", "interrupted", "failed")
 
 STATE_STYLES = {
@@ -88,19 +89,24 @@ class Preset:
     title: str
     description: str
     settings: dict
-    path: Path
+    path: object  # a Path or an importlib.resources Traversable: only shown in messages
 
 
-def load_presets(folder: Path = PRESETS_DIR) -> list[Preset]:
-    """Every ``*.yaml`` preset in ``folder``, in file-name order. Raises ConfigError for a broken file."""
+def load_presets(folder=PRESETS_DIR) -> list[Preset]:
+    """Every ``*.yaml`` preset in ``folder`` (a Path or package data), in file-name order.
+
+    Raises ConfigError for a broken file."""
     presets = []
-    for path in sorted(Path(folder).glob("*.yaml")):
+    folder = Path(folder) if isinstance(folder, str) else folder
+    entries = folder.iterdir() if folder.is_dir() else []
+    for path in sorted((entry for entry in entries if entry.name.endswith(".yaml")), key=lambda entry: entry.name):
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError("preset", f"{path}: not valid YAML ({exc})") from None
         info = raw.pop("preset", {}) or {}
-        preset = Preset(str(info.get("title") or path.stem), str(info.get("description") or ""), raw, path)
+        title = info.get("title") or path.name.removesuffix(".yaml")
+        preset = Preset(str(title), str(info.get("description") or ""), raw, path)
         apply_preset(RunConfig(), preset)  # fail now, naming the file, rather than when it is picked
         presets.append(preset)
     return presets
