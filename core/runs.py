@@ -22,6 +22,8 @@ ENVIRONMENT_FILE = "environment.json"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 COMPLETE_MARKER = "COMPLETE"
+# An export keeps the run's settings under this name: a folder holding config.yaml is a run.
+EXPORT_CONFIG_FILE = "training_config.yaml"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -43,6 +45,17 @@ def create_run_dir(workspace: str | os.PathLike, name: str) -> Path:
             continue
         return candidate
     raise FileExistsError(f"{workspace}: too many runs named {base!r}")
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """True for a run folder: config.yaml and no model or adapter at its root.
+
+    An exported model or adapter holds its weights at its root (config.json / adapter_config.json); older
+    exports also held config.yaml, so the weights decide: such a folder is a model, not a run.
+    """
+    path = Path(path)
+    return ((path / CONFIG_FILE).is_file() and not (path / "adapter_config.json").is_file()
+            and not (path / "config.json").is_file())
 
 
 def _pid_alive(pid: int | None, started: float | None = None) -> bool:
@@ -246,5 +259,5 @@ def list_runs(workspace: str | os.PathLike) -> list[RunSummary]:
     if not workspace.is_dir():
         return []
     runs = [summarize_run(child) for child in workspace.iterdir()
-            if child.is_dir() and ((child / STATUS_FILE).exists() or (child / CONFIG_FILE).exists())]
+            if child.is_dir() and ((child / STATUS_FILE).exists() or is_run_dir(child))]
     return sorted(runs, key=lambda run: run.created or 0.0, reverse=True)
