@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from core.errors import StudioError
+from core.paths import chmod_like_new
 
 
 def opt(
@@ -742,7 +743,10 @@ def validate_section(section: str, obj: Any) -> list[FieldProblem]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    The file ends with the user's usual permissions (0644 under umask 022), not mkstemp's private 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -751,6 +755,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        chmod_like_new(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -56,7 +56,7 @@ def trained_workspace(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture()
-def runs_page(qtbot, tmp_path, trained_workspace, thread_guard, monkeypatch):
+def runs_page(qtbot, tmp_path, trained_workspace, thread_guard, monkeypatch):  # noqa: F811  (fixture use)
     from gui.pages.runs_page import RunsPage
     from gui.state import StudioState
 
@@ -150,3 +150,22 @@ def test_clone_rename_delete_and_watch(qtbot, runs_page, monkeypatch):
     cfg.name = "from-cli"
     cfg.save(page.state.workspace / "from-cli" / "config.yaml")
     qtbot.waitUntil(lambda: page.table.rowCount() == 2, timeout=int(os.environ.get("RUNS_WATCH_TIMEOUT", 30000)))
+
+
+def test_delete_is_disabled_while_any_selected_run_is_live(runs_page):
+    from core.runs import write_status
+
+    page = runs_page
+    alpha, beta = _path(page, "alpha"), _path(page, "beta")
+    write_status(beta, state="running")  # this (alive) process is training it, as far as the folder says
+    page.select_runs([alpha, beta])
+    assert not page.delete_button.isEnabled()
+    assert "beta: still training" in page.delete_button.toolTip()
+    with pytest.raises(ValueError, match="beta: still training"):
+        page.delete_runs([alpha, beta])
+    assert alpha.exists() and beta.exists()  # nothing deleted, not even the finished one
+    page.select_runs([alpha])
+    assert page.delete_button.isEnabled()
+    write_status(beta, state="stopped")
+    page.select_runs([alpha, beta])
+    assert page.delete_button.isEnabled()

@@ -49,6 +49,7 @@ STATE_COLORS = {"finished": "#2a9d8f", "running": "#2f6fd6", "stopped": "#b8860b
                 "failed": "#d64550"}
 REFRESH_FALLBACK_MS = 5000
 RESUMABLE = ("stopped", "interrupted", "failed")
+LIVE_STATES = ("running",)  # status.json states of a run whose training process is alive (read_status checks the pid)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -404,7 +405,17 @@ class RunsPage(QWidget):
         self.rename_button.setEnabled(one and state != "running" and not busy)
         self.resume_button.setEnabled(one and state in RESUMABLE and not busy)
         self.export_button.setEnabled(one and not busy)
-        self.delete_button.setEnabled(bool(paths) and not busy and state != "running")
+        live = self._live_runs(paths)
+        self.delete_button.setEnabled(bool(paths) and not busy and not live)
+        self.delete_button.setToolTip(
+            f"{', '.join(p.name for p in live)}: still training; stop it before deleting" if live
+            else "Delete the selected runs from disk (asks first)")
+
+    def _live_runs(self, paths) -> list[Path]:
+        """The runs among ``paths`` whose training process is running now (read fresh: the table may be stale)."""
+        from core.runs import read_status
+
+        return [Path(path) for path in paths if read_status(path).get("state") in LIVE_STATES]
 
     # ------------------------------------------------------------------------------- comparison
     def _metrics(self, run_dir: Path) -> list[dict]:
@@ -560,7 +571,11 @@ class RunsPage(QWidget):
                 QMessageBox.warning(self, "Rename run", str(exc))
 
     def delete_runs(self, paths) -> None:
-        """Delete run folders from disk (no confirmation here: the dialog asks)."""
+        """Delete run folders from disk (no confirmation here: the dialog asks). A live run is never deleted:
+        ValueError names it and nothing is deleted."""
+        live = self._live_runs(paths)
+        if live:
+            raise ValueError(f"{', '.join(p.name for p in live)}: still training; stop it before deleting")
         for path in paths:
             shutil.rmtree(Path(path))
             self._metrics_cache.pop(str(path), None)
@@ -580,7 +595,7 @@ class RunsPage(QWidget):
         if answer == QMessageBox.StandardButton.Yes:
             try:
                 self.delete_runs(paths)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 QMessageBox.warning(self, "Delete runs", f"Could not delete everything: {exc}")
 
     # ------------------------------------------------------------------------------- background tasks
