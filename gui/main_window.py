@@ -170,6 +170,8 @@ class MainWindow(QMainWindow):
         train_page = self.pages.get("train")
         if train_page is not None and hasattr(train_page, "chatWithCheckpoint"):
             train_page.chatWithCheckpoint.connect(self.open_checkpoint_in_chat)
+        if train_page is not None and hasattr(train_page, "navigateRequested"):
+            train_page.navigateRequested.connect(self.show_page)
         runs_page = self.pages.get("runs")
         if runs_page is not None and hasattr(runs_page, "runOpened"):
             runs_page.runOpened.connect(self.open_run)

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
@@ -34,6 +35,7 @@ from PySide6.QtWidgets import (
 from core.config import SCHEMAS, TEMPLATES, ConfigError, field_meta
 from core.errors import Cancelled, StudioError
 from gui import theme
+from gui.plain import plain_tooltip
 from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
 from gui.widgets.histogram import LengthHistogram
@@ -45,7 +47,14 @@ from gui.widgets.token_view import TokenLegend, TokenView
 PREVIEW_ROWS = 1000      # rows shown for non-JSONL sources (JSONL files are paged lazily instead)
 ANALYSE_ROWS = 5000      # rows tokenized for the histogram, the example and the bad-row list
 EXAMPLES = 50            # examples one can step through in the template view
-FILE_FILTER = "Datasets (*.jsonl *.json *.csv *.parquet);;All files (*)"
+WELCOME_FORMATS = """\
+question / answer    {"question": "What is LoRA?", "answer": "A small add-on …"}   (also prompt/response, query/response)
+Alpaca               {"instruction": "Summarise", "input": "…", "output": "…"}
+chat messages        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+ShareGPT             {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}
+plain text           a .txt / .md file, or {"text": "…"}: continued pre-training
+CSV / Parquet        any two columns, e.g. tip_question,tip_answer: pick them under “Format and columns”"""
+FILE_FILTER = "Datasets (*.jsonl *.ndjson *.json *.csv *.tsv *.parquet *.txt *.md);;All files (*)"
 
 
 @dataclass
@@ -57,6 +66,7 @@ class LoadedSource:
     columns: list[str]
     kind: str
     total_known: bool
+    line_numbers: list[int] | None = None  # file line/row number of each preview row (non-JSONL)
 
 
 @dataclass
@@ -72,9 +82,14 @@ class Analysis:
     limited: bool                 # only the first ANALYSE_ROWS were read
     bad_rows: list = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    row_numbers: list[int] = field(default_factory=list)  # the file's line/row number of each length
+    row_label: str = "line"                                 # "line" (text files) or "row" (tables)
+    questions: list[str] = field(default_factory=list)      # a short text per length, for lists
     examples: list[list[tuple[str, bool]]] = field(default_factory=list)
     segments: list = field(default_factory=list)  # per example, when no tokenizer is available
     tokenizer_error: str = ""
+    records: list = field(default_factory=list)   # every usable example, to render any of them on demand
+    n_usable: int = 0                             # examples that render (records minus render failures)
 
 
 def error_text(exc: BaseException) -> str:
@@ -96,7 +111,8 @@ def load_source(source: str, progress, stop) -> LoadedSource:
         return LoadedSource(source, table, preview.columns, "jsonl", table.complete)
     progress(None, f"reading {source}")
     preview = data.load_raw(source, max_rows=PREVIEW_ROWS, skip_bad_rows=True, stop=stop, progress=progress)
-    return LoadedSource(source, preview.rows, preview.columns, preview.kind, len(preview.rows) < PREVIEW_ROWS)
+    return LoadedSource(source, preview.rows, preview.columns, preview.kind, len(preview.rows) < PREVIEW_ROWS,
+                        [preview.line_of(i) for i in range(len(preview.rows))])
 
 
 class DataPage(ErrorBannerHost, QWidget):
@@ -178,9 +194,25 @@ class DataPage(ErrorBannerHost, QWidget):
         self.error_label = ErrorBanner()
         root.addWidget(self.error_label)
 
+        self.count_label = QLabel()
+        self.count_label.setObjectName("CountLine")
+        self.count_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.count_label.setWordWrap(True)
+        self.count_label.setToolTip("Rows in the file · bad rows · usable examples · how they split into "
+                                    "training and held-out examples (the held-out ones measure progress)")
+        root.addWidget(self.count_label)
+
+        self.welcome = self._build_welcome()
+        root.addWidget(self.welcome, 1)
+        self.content = QWidget()
+        content_layout = QVBoxLayout(self.content)
+        content_layout.setContentsMargins(0, 0, 0, 0)
+        root.addWidget(self.content, 1)
+        self.welcome.setVisible(False)
+
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.setChildrenCollapsible(False)
-        root.addWidget(splitter, 1)
+        content_layout.addWidget(splitter, 1)
 
         # Left: rows, format/columns, bad rows.
         left = QSplitter(Qt.Orientation.Vertical)
@@ -229,6 +261,7 @@ class DataPage(ErrorBannerHost, QWidget):
         bad_box = QGroupBox("Bad rows")
         bad_layout = QVBoxLayout(bad_box)
         self.bad_list = QListWidget()
+        self.bad_list.setWordWrap(True)  # messages are shown whole
         self.bad_summary = QLabel("None found")
         self.bad_summary.setObjectName("Muted")
         self.bad_summary.setWordWrap(True)
@@ -284,9 +317,24 @@ class DataPage(ErrorBannerHost, QWidget):
 
         lengths_box = QGroupBox("Token lengths")
         lengths_layout = QVBoxLayout(lengths_box)
+        plot_row = QHBoxLayout()
         self.histogram = LengthHistogram()
         self.histogram.setMinimumHeight(150)
-        lengths_layout.addWidget(self.histogram, 1)
+        self.histogram.barClicked.connect(self._on_bar_clicked)
+        plot_row.addWidget(self.histogram, 3)
+        list_column = QVBoxLayout()
+        self.longest_title = QLabel("Longest examples")
+        self.longest_title.setObjectName("Muted")
+        self.longest_title.setTextFormat(Qt.TextFormat.PlainText)
+        self.longest_title.setWordWrap(True)
+        self.longest_list = QListWidget()
+        self.longest_list.setWordWrap(True)
+        self.longest_list.setToolTip("Click an example to show it above and its row in the table")
+        self.longest_list.itemClicked.connect(self._on_example_item_clicked)
+        list_column.addWidget(self.longest_title)
+        list_column.addWidget(self.longest_list, 1)
+        plot_row.addLayout(list_column, 2)
+        lengths_layout.addLayout(plot_row, 1)
         controls = QHBoxLayout()
         meta = field_meta("training", "max_length")
         self.max_length_spin = QSpinBox()
@@ -308,6 +356,42 @@ class DataPage(ErrorBannerHost, QWidget):
         splitter.setStretchFactor(0, 5)
         splitter.setStretchFactor(1, 4)
         splitter.setSizes([600, 480])
+
+    def _build_welcome(self) -> QWidget:
+        """First launch: three ways in, shown at once instead of a blank page while a sample loads."""
+        panel = QGroupBox("Start with your data")
+        layout = QVBoxLayout(panel)
+        intro = QLabel("Open a file of your own (JSONL, JSON, CSV, Parquet, TXT), try the bundled sample of "
+                       "trivia questions, or type a Hugging Face dataset id in the box above. The rows appear at "
+                       "once; the example and token lengths follow when the tokenizer is ready.")
+        intro.setWordWrap(True)
+        layout.addWidget(intro)
+        buttons = QHBoxLayout()
+        self.welcome_open = QPushButton(theme.icon("open"), "Open a file…")
+        self.welcome_open.setObjectName("Primary")
+        self.welcome_open.clicked.connect(self.choose_file)
+        self.welcome_sample = QPushButton("Use the trivia sample")
+        self.welcome_sample.clicked.connect(lambda: self.load_source("sample:trivia"))
+        buttons.addWidget(self.welcome_open)
+        buttons.addWidget(self.welcome_sample)
+        buttons.addStretch(1)
+        layout.addLayout(buttons)
+        formats = QLabel(WELCOME_FORMATS)
+        formats.setTextFormat(Qt.TextFormat.PlainText)
+        formats.setFont(theme.monospace_font())
+        formats.setObjectName("Muted")
+        formats.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addSpacing(12)
+        layout.addWidget(QLabel("What a row can look like (the format is detected; you can map any column):"))
+        layout.addWidget(formats)
+        layout.addStretch(1)
+        return panel
+
+    def show_welcome(self) -> None:
+        """Show the welcome panel (nothing loaded yet)."""
+        self.content.setVisible(False)
+        self.welcome.setVisible(True)
+        self.source_label.setText("No dataset loaded yet")
 
     # -- state <-> widgets -----------------------------------------------------------------------
     def _fill_from_config(self) -> None:
@@ -340,13 +424,21 @@ class DataPage(ErrorBannerHost, QWidget):
 
     # -- actions ---------------------------------------------------------------------------------
     def activate(self) -> None:
-        """First time the page is shown in the app: load the configured dataset."""
+        """First time the page is shown in the app: load the configured dataset, or welcome a new user
+        (the default sample is not loaded unasked)."""
         if self.loaded is None and self._load_task is None:
-            self.load_source(self.state.config.data.source)
+            from core.config import DataConfig
+
+            source = self.state.config.data.source
+            if not source or source == DataConfig().source:
+                self.show_welcome()
+            else:
+                self.load_source(source)
 
     @property
     def is_busy(self) -> bool:
-        return self.tasks.is_busy
+        """A worker runs, or an analysis is about to start (settings just changed)."""
+        return self.tasks.is_busy or self._reanalyse_timer.isActive()
 
     def shutdown(self, timeout_ms: int = 30000) -> bool:
         """Stop pending work and wait for the worker threads."""
@@ -397,7 +489,11 @@ class DataPage(ErrorBannerHost, QWidget):
                 task.cancel("another dataset was opened")
         self.hide_error()
         self.source_label.setText(f"Loading {source} …")
-        task = self.tasks.run(lambda progress, stop: load_source(source, progress, stop), name="data-load")
+        self._clear_views()
+        # Local files need no torch/transformers: don't wait for their first import (rows in < 1 s).
+        local = Path(source).expanduser().exists() or source.startswith("sample:")
+        task = self.tasks.run(lambda progress, stop: load_source(source, progress, stop), name="data-load",
+                              heavy_imports=not local)
         task.progress.connect(self.busy_indicator.set_progress)
         task.succeeded.connect(self._on_loaded)
         task.failed.connect(self._on_failed)
@@ -406,11 +502,35 @@ class DataPage(ErrorBannerHost, QWidget):
         self.busy_indicator.busy("Reading the dataset…")
         task.start()
 
+    def _clear_views(self) -> None:
+        """Forget every panel of the previous dataset (rows, example, histogram, bad rows, detection)."""
+        self.loaded = None
+        self.analysis = None
+        self.table_model.set_source(RowSource([], []))
+        self.preview_box.setTitle("Rows")
+        self.token_view.show_message("")
+        self.token_counts.setText("")
+        self.count_label.setText("")
+        self.histogram.clear_data()
+        self.truncation_label.setText("")
+        self.longest_list.clear()
+        self.bad_list.clear()
+        self.bad_summary.setText("")
+        self.reason_label.setText("")
+        self._updating = True
+        self.example_spin.setRange(1, 1)
+        self._updating = False
+        self.example_count.setText("")
+        self._clear_role_pickers()
+        self.state.set_data(None)
+
     @Slot(object)
     def _on_loaded(self, loaded: LoadedSource) -> None:
         self._load_task = None
+        self.welcome.setVisible(False)
+        self.content.setVisible(True)
         self.loaded = loaded
-        self.table_model.set_source(RowSource(loaded.table, loaded.columns))
+        self.table_model.set_source(RowSource(loaded.table, loaded.columns, loaded.line_numbers))
         self.table.resizeColumnsToContents()
         for column in range(self.table_model.columnCount()):
             self.table.setColumnWidth(column, min(self.table.columnWidth(column), 360))
@@ -426,6 +546,9 @@ class DataPage(ErrorBannerHost, QWidget):
             self._index_task = task
             task.start()
         self.state.set_data({"source": loaded.source, "columns": loaded.columns, "kind": loaded.kind})
+        # The pickers list this file's own columns at once, whatever detection says later.
+        schema = self.state.config.data.schema
+        self._fill_mapping(schema, loaded.columns, dict(self.state.config.data.column_map))
         self.analyse()
 
     def _update_source_label(self) -> None:
@@ -477,8 +600,10 @@ class DataPage(ErrorBannerHost, QWidget):
         self._analysis_task = None
         self.analysis = result
         self.hide_error()
-        self._fill_mapping(result)
-        examples = len(result.examples) or len(result.segments)
+        self._fill_mapping(result.schema, self._known_columns(result.columns), result.column_map,
+                           f"Detected {result.schema.replace('_', '/')}: {result.reason}"
+                           if self.state.config.data.schema == "auto" else f"Format: {result.reason}")
+        examples = result.n_usable or len(result.examples) or len(result.segments)
         self._updating = True
         self.example_spin.setRange(1, max(1, examples))
         self._updating = False
@@ -486,45 +611,138 @@ class DataPage(ErrorBannerHost, QWidget):
         self._show_example()
         self.histogram.set_data(result.lengths, self.state.config.training.max_length)
         self._update_truncation()
+        self._fill_longest(result)
         self._fill_bad_rows(result)
+        self._update_counts(result)
         if result.tokenizer_error:
             self.show_error("Token view unavailable: " + result.tokenizer_error)
         self.state.set_data({"source": result.source, "schema": result.schema, "column_map": result.column_map,
                              "n_rows": result.n_rows, "bad_rows": len(result.bad_rows),
-                             "n_truncated": self.histogram.n_over})
+                             "n_truncated": self.histogram.n_over, "usable": True})
         self.state.show_message(f"Dataset ready: {result.n_rows:,} examples analysed ({result.schema})")
 
-    def _fill_mapping(self, result: Analysis) -> None:
+    def _known_columns(self, extra: list[str] | None = None) -> list[str]:
+        """The loaded file's columns (nested keys included when the reader lists them), then any others."""
+        columns = list(self.loaded.columns) if self.loaded is not None else []
+        for column in extra or []:
+            if column not in columns:
+                columns.append(column)
+        return columns
+
+    def _clear_role_pickers(self) -> None:
+        while self.roles_grid.count():
+            item = self.roles_grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.role_combos.clear()
+
+    def _fill_mapping(self, schema: str, columns: list[str], column_map: dict[str, str], reason: str = "") -> None:
+        """One picker per role of ``schema`` listing ``columns`` (the loaded file's own), set to ``column_map``.
+
+        With ``schema == "auto"`` and no detection yet, there are no roles to show: the reason says to pick a
+        format first."""
         from core.data import SCHEMA_ROLES
 
         self._updating = True
         try:
-            while self.roles_grid.count():
-                item = self.roles_grid.takeAt(0)
-                if item.widget() is not None:
-                    item.widget().deleteLater()
-            self.role_combos.clear()
-            required, optional = SCHEMA_ROLES.get(result.schema, ((), ()))
+            self._clear_role_pickers()
+            required, optional = SCHEMA_ROLES.get(schema, ((), ()))
             for row, role in enumerate(required + optional):
                 label = QLabel(f"{role}{'' if role in required else ' (optional)'}:")
                 combo = QComboBox()
                 combo.addItem("(none)", "")
-                for column in result.columns:
+                for column in columns:
                     combo.addItem(str(column), str(column))
-                combo.setCurrentIndex(max(0, combo.findData(result.column_map.get(role, ""))))
+                combo.setCurrentIndex(max(0, combo.findData(column_map.get(role, ""))))
                 combo.setToolTip(f"Which column holds the {role}")
+                combo.setObjectName(f"role-{role}")
                 combo.currentIndexChanged.connect(self._on_mapping_changed)
                 self.roles_grid.addWidget(label, row, 0, Qt.AlignmentFlag.AlignRight)
                 self.roles_grid.addWidget(combo, row, 1)
                 self.role_combos[role] = combo
-            self.reason_label.setText(f"Detected {result.schema.replace('_', '/')}: {result.reason}")
+            if reason:
+                self.reason_label.setText(reason)
+            elif schema == "auto":
+                self.reason_label.setText("Detecting the format…")
         finally:
             self._updating = False
+
+    def _row_count_text(self) -> str:
+        if self.loaded is None:
+            return ""
+        n = len(self.loaded.table)
+        complete = getattr(self.loaded.table, "complete", True) if self.loaded.kind == "jsonl" \
+            else self.loaded.total_known
+        return f"{n:,} rows in the file" if complete else f"{n:,}+ rows read so far"
+
+    def _update_counts(self, result: Analysis) -> None:
+        """One honest line: rows in the file · bad · usable · train / held-out (all from the same read)."""
+        from core.data import split_indices
+
+        data_cfg = self.state.config.data
+        rows_read = result.n_rows + len(result.bad_rows)
+        scope = f" (first {ANALYSE_ROWS:,} rows analysed)" if result.limited else ""
+        train, held_out = split_indices(result.n_rows, data_cfg.test_fraction, data_cfg.split_seed)
+        bad = len(result.bad_rows)
+        bad_text = (f"{bad:,} bad ({'skipped' if data_cfg.skip_bad_rows else 'not skipped: training would stop'})"
+                    if bad else "0 bad")
+        self.count_label.setText(f"{rows_read:,} rows{scope} · {bad_text} · {result.n_rows:,} usable · "
+                                 f"{len(train):,} train / {len(held_out):,} held-out")
+
+    def _example_line(self, result: Analysis, index: int) -> str:
+        label = result.row_label
+        number = result.row_numbers[index] if index < len(result.row_numbers) else index + 1
+        text = result.questions[index] if index < len(result.questions) else ""
+        return f"{label} {number}: {result.lengths[index]:,} tokens · {text}"
+
+    def _fill_longest(self, result: Analysis) -> None:
+        self.longest_list.clear()
+        if not result.lengths:
+            self.longest_title.setText("Longest examples")
+            return
+        order = sorted(range(len(result.lengths)), key=lambda i: -result.lengths[i])[:20]
+        self._list_examples(order, "Longest examples")
+
+    def _list_examples(self, indices: list[int], title: str) -> None:
+        result = self.analysis
+        if result is None:
+            return
+        self.longest_title.setText(title)
+        self.longest_list.clear()
+        max_length = self.state.config.training.max_length
+        for index in indices[:500]:
+            line = self._example_line(result, index)
+            if result.lengths[index] > max_length:
+                line += f"  (cut at {max_length})"
+            item = QListWidgetItem(line)
+            item.setData(Qt.ItemDataRole.UserRole, index)
+            item.setToolTip(plain_tooltip(line))
+            self.longest_list.addItem(item)
+
+    @Slot(object)
+    def _on_bar_clicked(self, bar: dict) -> None:
+        indices = sorted(bar["indices"], key=lambda i: -self.analysis.lengths[i]) if self.analysis else []
+        span = f"longer than {bar['low'] - 1}" if bar["high"] is None else f"{bar['low']}–{bar['high']}"
+        self._list_examples(indices, f"{len(indices):,} examples of {span} tokens")
+
+    def _on_example_item_clicked(self, item) -> None:
+        index = item.data(Qt.ItemDataRole.UserRole)
+        if index is None or self.analysis is None:
+            return
+        self.example_spin.setValue(int(index) + 1)
+        number = self.analysis.row_numbers[index] if index < len(self.analysis.row_numbers) else index + 1
+        row = self.table_model.row_for_line(number)
+        if row is not None:
+            self.table.scrollTo(self.table_model.index(row, 0))
+            self.table.selectRow(row)
 
     def _fill_bad_rows(self, result: Analysis) -> None:
         self.bad_list.clear()
         for bad in result.bad_rows[:1000]:
-            self.bad_list.addItem(f"line {bad.line}: {bad.message}")
+            text = f"{result.row_label} {bad.line}: {bad.message}"
+            item = QListWidgetItem(text)
+            item.setToolTip(plain_tooltip(text))  # the whole message, however long
+            self.bad_list.addItem(item)
         scope = f" in the first {ANALYSE_ROWS:,} rows" if result.limited else ""
         if not result.bad_rows:
             self.bad_summary.setText(f"None found{scope}.")
@@ -540,6 +758,9 @@ class DataPage(ErrorBannerHost, QWidget):
         if result is None:
             return
         index = self.example_spin.value() - 1
+        if result.examples and index >= len(result.examples) and index < len(result.records):
+            self._render_later(index)
+            return
         if result.examples:
             tokens = result.examples[min(index, len(result.examples) - 1)]
             self.token_view.show_tokens(tokens)
@@ -550,6 +771,29 @@ class DataPage(ErrorBannerHost, QWidget):
             self.token_counts.setText("Segments shown without token boundaries (no tokenizer)")
         else:
             self.token_view.show_message("No usable example.")
+
+    def _render_later(self, index: int) -> None:
+        """Render example ``index`` in a worker (only the first EXAMPLES are precomputed)."""
+        result = self.analysis
+        key = f"{self.state.config.model.name_or_path}@{self.state.config.model.revision}"
+        tokenizer = self._tokenizers.get(key)
+        if result is None or tokenizer is None:
+            return
+        cfg = self.state.config.copy()
+        record = result.records[index]
+        self.token_view.show_message(f"Rendering example {index + 1}…")
+        task = self.tasks.run(lambda progress, stop: render_example(cfg, tokenizer, record), name="data-example",
+                              heavy_imports=False)
+
+        def shown(tokens, index=index, result=result):
+            if self.analysis is result and self.example_spin.value() - 1 == index:
+                self.token_view.show_tokens(tokens)
+                self.token_counts.setText(f"{self.token_view.trained_tokens} trained tokens, "
+                                          f"{self.token_view.masked_tokens} masked")
+
+        task.succeeded.connect(shown)
+        task.failed.connect(lambda exc: self.token_view.show_message(error_text(exc)))
+        task.start()
 
     def _update_truncation(self) -> None:
         if self.analysis is None or not self.analysis.lengths:
@@ -609,14 +853,37 @@ class DataPage(ErrorBannerHost, QWidget):
 
     @Slot(object)
     def _on_failed(self, exc) -> None:
+        analysis_failed = False
         if self.sender() is self._load_task:
             self._load_task = None
-            self.source_label.setText("No dataset loaded")
+            self.source_label.setText(f"Could not open {self.state.config.data.source}")
+            self.welcome.setVisible(False)
+            self.content.setVisible(True)
         if self.sender() is self._analysis_task:
             self._analysis_task = None
+            analysis_failed = True
         if isinstance(exc, Cancelled):
             return
         self.show_error(error_text(exc))
+        if analysis_failed or self.loaded is None:
+            # The Train page refuses this source until it is fixed (no failed run folder is left behind).
+            self.state.set_data({"source": self.state.config.data.source, "usable": False,
+                                 "error": error_text(exc)})
+        if analysis_failed and self.loaded is not None:
+            # Nothing of the previous analysis stays, and the pickers offer this file's columns so the user
+            # can map them: detection failing must never leave the page without a way forward.
+            self.analysis = None
+            self.token_view.show_message("No example to show yet: the message above says what is missing. "
+                                         "Pick the format and the columns under “Format and columns”.")
+            self.token_counts.setText("")
+            self.histogram.clear_data()
+            self.truncation_label.setText("")
+            self.longest_list.clear()
+            self.count_label.setText(f"{self._row_count_text()} · not usable yet: see the message above")
+            schema = self.state.config.data.schema
+            hint = ("Pick the format that fits this file, then the column for each role."
+                    if schema == "auto" else "Pick the column for each role.")
+            self._fill_mapping(schema, self._known_columns(), dict(self.state.config.data.column_map), hint)
 
 
 def _tokenizer_for(cfg, cache: dict, progress):
@@ -635,10 +902,11 @@ def analyse_dataset(cfg, tokenizers: dict, progress, stop) -> Analysis:
 
     data_cfg = cfg.data
     data_cfg.skip_bad_rows = True  # list every bad row here; the user's setting decides at training time
-    raw, guess, records, _lines = data.load_records(data_cfg, stop=stop, progress=progress, max_rows=ANALYSE_ROWS)
+    raw, guess, records, lines = data.load_records(data_cfg, stop=stop, progress=progress, max_rows=ANALYSE_ROWS)
     result = Analysis(source=data_cfg.source, schema=guess.schema, column_map=dict(guess.column_map),
                       reason=guess.reason, columns=list(raw.columns), n_rows=len(records),
-                      limited=len(raw.rows) + len(raw.bad_rows) >= ANALYSE_ROWS, bad_rows=list(raw.bad_rows))
+                      limited=len(raw.rows) + len(raw.bad_rows) >= ANALYSE_ROWS, bad_rows=list(raw.bad_rows),
+                      row_label=raw.line_label)
     try:
         tokenizer = _tokenizer_for(cfg, tokenizers, progress)
     except Cancelled:
@@ -650,21 +918,51 @@ def analyse_dataset(cfg, tokenizers: dict, progress, stop) -> Analysis:
         if index % 200 == 0:
             stop.raise_if_set()
             progress(index / max(1, len(records)), f"tokenizing {index:,}/{len(records):,}")
+        line = lines[index] if index < len(lines) else index + 1
         try:
             segments = data.render_segments(record, data_cfg, tokenizer)
         except StudioError as exc:
             if index == 0:
                 raise
-            result.bad_rows.append(data.BadRow(index + 1, str(exc)))
+            result.bad_rows.append(data.BadRow(line, str(exc)))
             continue
+        result.records.append(record)
         if tokenizer is None:
             if len(result.segments) < EXAMPLES:
                 result.segments.append(segments)
             continue
         tokenized = data.tokenize_segments(segments, tokenizer, max_length, data_cfg.train_on_answers_only)
         result.lengths.append(tokenized.full_length or len(tokenized.input_ids))
+        result.row_numbers.append(line)
+        result.questions.append(_summary_text(record))
         if len(result.examples) < EXAMPLES:
             result.examples.append(data.token_mask_view(segments, tokenizer, max_length,
                                                         data_cfg.train_on_answers_only))
+    result.n_usable = len(result.records)
+    result.bad_rows.sort(key=lambda bad: bad.line)
     progress(1.0, "done")
     return result
+
+
+def _summary_text(record: dict, limit: int = 70) -> str:
+    """A one-line glimpse of an example (its first text field) for lists."""
+    for key in ("question", "instruction", "prompt", "input", "text"):
+        value = record.get(key)
+        if isinstance(value, str) and value.strip():
+            text = " ".join(value.split())
+            return text if len(text) <= limit else text[:limit] + "…"
+    messages = record.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") == "user" and message.get("content"):
+                text = " ".join(str(message["content"]).split())
+                return text if len(text) <= limit else text[:limit] + "…"
+    return ""
+
+
+def render_example(cfg, tokenizer, record: dict) -> list[tuple[str, bool]]:
+    """Worker: the token view of one example (for examples past the precomputed ones)."""
+    from core import data
+
+    segments = data.render_segments(record, cfg.data, tokenizer)
+    return data.token_mask_view(segments, tokenizer, cfg.training.max_length, cfg.data.train_on_answers_only)

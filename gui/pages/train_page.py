@@ -195,6 +195,7 @@ class TrainPage(QWidget):
 
     runEnded = Signal(object)  # the RunResult or the exception of the last run
     chatWithCheckpoint = Signal(object)  # (run_dir: Path, checkpoint step: int): open it on the Chat page
+    navigateRequested = Signal(str)  # a page key ("data", "chat", ...) the window should show
 
     def __init__(self, state, parent: QWidget | None = None, *, preload_delay_ms: int | None = 3000):
         super().__init__(parent)
@@ -430,7 +431,12 @@ class TrainPage(QWidget):
         dismiss = QPushButton("Dismiss")
         dismiss.setFlat(True)
         dismiss.clicked.connect(lambda: self.error_banner.setVisible(False))
+        self.go_to_data_button = QPushButton("Go to Data")
+        self.go_to_data_button.setToolTip("Open the Data page to fix the dataset or its column mapping")
+        self.go_to_data_button.clicked.connect(lambda: self.navigateRequested.emit("data"))
+        self.go_to_data_button.setVisible(False)
         banner.addWidget(self.error_text, 1)
+        banner.addWidget(self.go_to_data_button, 0, Qt.AlignmentFlag.AlignTop)
         banner.addWidget(dismiss, 0, Qt.AlignmentFlag.AlignTop)
         self.error_banner.setVisible(False)
         column.addWidget(self.error_banner)
@@ -707,6 +713,10 @@ class TrainPage(QWidget):
         if problems:
             self.revalidate()
             return False
+        unusable = self.data_problem()
+        if unusable:
+            self.show_error(unusable, data_action=True)
+            return False
         from core.coach import Coach
 
         self._estimate_timer.stop()
@@ -789,9 +799,19 @@ class TrainPage(QWidget):
                 return
         raise KeyError(title)
 
-    def show_error(self, text: str) -> None:
-        """Show ``text`` in the red banner (non-blocking) and in the log."""
+    def data_problem(self) -> str:
+        """Why the configured dataset cannot be trained on, as the Data page found it ("" when usable or
+        not analysed: the run then checks the data itself before it creates a run folder)."""
+        data = self.state.data
+        if isinstance(data, dict) and data.get("usable") is False and \
+                data.get("source") == self.state.config.data.source:
+            return f"The dataset cannot be trained on yet: {data.get('error') or 'see the Data page'}"
+        return ""
+
+    def show_error(self, text: str, *, data_action: bool = False) -> None:
+        """Show ``text`` in the red banner (non-blocking) and in the log; ``data_action`` adds "Go to Data"."""
         self.error_text.setText(text)
+        self.go_to_data_button.setVisible(data_action)
         self.error_banner.setVisible(True)
         self._log(text)
 

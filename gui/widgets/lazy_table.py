@@ -7,6 +7,8 @@ from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
 
+from gui.plain import plain_tooltip
+
 CHUNK = 200          # rows added per fetchMore
 MAX_CELL_CHARS = 300  # long cells are cut for display; the tooltip shows more
 
@@ -14,8 +16,9 @@ MAX_CELL_CHARS = 300  # long cells are cut for display; the tooltip shows more
 class RowSource:
     """Uniform access to rows: a list of dicts, or a core.data.LazyJsonlTable (offset index)."""
 
-    def __init__(self, rows_or_table: Any, columns: list[str] | None = None):
+    def __init__(self, rows_or_table: Any, columns: list[str] | None = None, line_numbers: list[int] | None = None):
         self._target = rows_or_table
+        self._line_numbers = line_numbers  # the file's line/row number of each row (lists of rows)
         self.columns = list(columns if columns is not None else getattr(rows_or_table, "columns", []) or [])
         if not self.columns and isinstance(rows_or_table, list):
             seen: dict[str, None] = {}
@@ -32,8 +35,25 @@ class RowSource:
         return getter(index) if callable(getter) else self._target[index]
 
     def line_number(self, index: int) -> int | None:
+        if self._line_numbers is not None and index < len(self._line_numbers):
+            return self._line_numbers[index]
         getter = getattr(self._target, "line_number", None)
         return getter(index) if callable(getter) else None
+
+    def index_of_line(self, line: int) -> int | None:
+        """The row index showing the file's ``line`` (line numbers grow with the index: binary search)."""
+        low, high = 0, len(self) - 1
+        while low <= high:
+            middle = (low + high) // 2
+            number = self.line_number(middle)
+            number = middle + 1 if number is None else number
+            if number == line:
+                return middle
+            if number < line:
+                low = middle + 1
+            else:
+                high = middle - 1
+        return None
 
 
 def _cell_text(value: Any) -> str:
@@ -66,6 +86,17 @@ class LazyTableModel(QAbstractTableModel):
     @property
     def total_rows(self) -> int:
         return len(self._source)
+
+    def row_for_line(self, line: int) -> int | None:
+        """The table row of the file's ``line``, fetching rows up to it; None when it is not shown."""
+        index = self._source.index_of_line(line)
+        if index is None:
+            return None
+        if index >= self._loaded:
+            self.beginInsertRows(QModelIndex(), self._loaded, index)
+            self._loaded = index + 1
+            self.endInsertRows()
+        return index
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
         return 0 if parent.isValid() else self._loaded
@@ -102,13 +133,14 @@ class LazyTableModel(QAbstractTableModel):
         row = self._row(index.row())
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole):
             if isinstance(row, Exception):
-                return f"(unreadable: {row})" if index.column() == 0 else ""
+                text = f"(unreadable: {row})" if index.column() == 0 else ""
+                return text if role == Qt.ItemDataRole.DisplayRole else (plain_tooltip(text) if text else None)
             value = row.get(self._source.columns[index.column()]) if isinstance(row, dict) else None
             text = _cell_text(value)
             if role == Qt.ItemDataRole.DisplayRole:
                 text = text.replace("\n", " ⏎ ")
                 return text if len(text) <= MAX_CELL_CHARS else text[:MAX_CELL_CHARS] + "…"
-            return text[:2000] if len(text) > 80 else None
+            return plain_tooltip(text) if len(text) > 80 else None  # dataset text: never rich text
         return None
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
