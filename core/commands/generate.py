@@ -3,7 +3,7 @@
     python main.py generate RUN_DIR_OR_MODEL --prompt "Who wrote Hamlet?" [--base] [--max-new-tokens N]
                             [--sample --temperature T] [--checkpoint N]
     python main.py evaluate RUN_DIR [--data SRC] [--n N]
-    python main.py export RUN_DIR (--merged | --adapter | --script) --output PATH
+    python main.py export RUN_DIR (--merged | --adapter | --script | --gguf [--quant f16|q8_0]) --output PATH
 
 Ctrl+C during generation or evaluation stops it cleanly.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from core.cancel import StopToken, stop_on_ctrl_c
+from core.consent import add_consent_arguments, models_loaded_by, record_cli_consent
 
 
 def register(subparsers) -> None:
@@ -33,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--raw", action="store_true", help="send the prompt as it is, without the run's template")
     p.add_argument("--device", default="auto")
+    add_consent_arguments(p)
     p.set_defaults(func=run_generate)
 
     p = subparsers.add_parser("evaluate", help="score a run against its base model and write a report",
@@ -44,6 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=20, help="how many questions both models answer (default 20)")
     p.add_argument("--checkpoint", metavar="N", help="evaluate checkpoint-N instead of final/")
     p.add_argument("--max-new-tokens", type=int, metavar="N")
+    add_consent_arguments(p)
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser("export", help="export a run's adapter, merged model or a training script",
@@ -53,8 +56,16 @@ def register(subparsers) -> None:
     kind.add_argument("--adapter", action="store_true", help="the adapter + tokenizer + README (small)")
     kind.add_argument("--merged", action="store_true", help="the adapter merged into the base (plain transformers)")
     kind.add_argument("--script", action="store_true", help="a standalone Python script re-running the training")
+    kind.add_argument("--gguf", action="store_true",
+                      help="a .gguf file (adapter merged in) + an Ollama Modelfile, for llama.cpp / Ollama / LM Studio")
     p.add_argument("--output", required=True, metavar="PATH", help="a new folder (or the .py path for --script)")
     p.add_argument("--checkpoint", metavar="N", help="export checkpoint-N instead of final/")
+    p.add_argument("--quant", choices=("f16", "q8_0"), default="f16",
+                   help="GGUF weight type: f16 (default, exact) or q8_0 (half the size)")
+    p.add_argument("--base-model", metavar="HUB_ID",
+                   help="the base model to name in the export (default: the run's base; the bundled model is "
+                        "named by its Hub id; give this when the run's base is a local folder)")
+    add_consent_arguments(p)
     p.set_defaults(func=run_export)
 
 
@@ -68,10 +79,17 @@ def _progress(fraction, message) -> None:
     print(f"{percent}{message}", file=sys.stderr)
 
 
+def _record_consent(args, source, checkpoint) -> None:
+    """--trust-remote-code / --allow-pickle: recorded for the models this command loads (base + full weights)."""
+    if getattr(args, "trust_remote_code", False) or getattr(args, "allow_pickle", False):
+        record_cli_consent(args, *models_loaded_by(source, checkpoint))
+
+
 def run_generate(args) -> int:
     from core.config import GenerationConfig
     from core.generation import ModelSession
 
+    _record_consent(args, args.source, args.checkpoint)
     session = ModelSession(args.source, checkpoint=args.checkpoint, device=args.device)
     base = session.run_config.generation if session.run_config else GenerationConfig()
     gen = GenerationConfig(**vars(base))
@@ -110,6 +128,7 @@ def run_evaluate(args) -> int:
     from core.evaluation import data_config_for, evaluate_run
     from core.runs import load_run_config
 
+    _record_consent(args, args.run_dir, args.checkpoint)
     cfg = load_run_config(args.run_dir)
     data_cfg = data_config_for(args.data, cfg) if args.data else None
     gen = GenerationConfig(**{**vars(cfg.generation), "do_sample": False})
@@ -127,15 +146,37 @@ def run_evaluate(args) -> int:
 
 
 def run_export(args) -> int:
-    from core.export import export_adapter, export_merged, export_script
+    from core.export import base_model_reference, export_adapter, export_merged, export_script
 
+    _record_consent(args, args.run_dir, None if args.script else args.checkpoint)
     if args.script:
         if args.checkpoint:
             print("note: --checkpoint does not apply to --script (it re-runs the whole training)", file=sys.stderr)
         path = export_script(args.run_dir, args.output, progress=_progress)
-    elif args.merged:
-        path = export_merged(args.run_dir, args.output, checkpoint=args.checkpoint, progress=_progress)
+        print(f"exported to {path}")
+        return 0
+    reference = base_model_reference(args.run_dir)
+    if not reference.portable and not args.base_model:
+        hint = f" (its config says it came from {reference.suggestion})" if reference.suggestion else ""
+        print(f"warning: the base model is the local folder {reference.name_or_path}{hint}; the export records "
+              "that path, which another machine does not have. Pass --base-model HUB_ID to name it instead.",
+              file=sys.stderr)
+    if args.gguf:
+        from core.gguf_export import export_gguf
+
+        result = export_gguf(args.run_dir, args.output, checkpoint=args.checkpoint, quant=args.quant,
+                             base_model=args.base_model, progress=_progress)
+        print(f"exported to {result.folder}")
+        print(f"  GGUF:      {result.gguf_path} ({result.gguf_path.stat().st_size / 2**20:.1f} MiB, {result.quant})")
+        print(f"  Modelfile: {result.modelfile_path}")
+        print(f"  Ollama:    cd {result.folder} && ollama create {result.ollama_name} -f Modelfile && "
+              f"ollama run {result.ollama_name}")
+        return 0
+    if args.merged:
+        path = export_merged(args.run_dir, args.output, checkpoint=args.checkpoint, base_model=args.base_model,
+                             progress=_progress)
     else:
-        path = export_adapter(args.run_dir, args.output, checkpoint=args.checkpoint, progress=_progress)
+        path = export_adapter(args.run_dir, args.output, checkpoint=args.checkpoint, base_model=args.base_model,
+                              progress=_progress)
     print(f"exported to {path}")
     return 0
