@@ -211,6 +211,37 @@ class RunSummary:
     total_steps: int
     best_eval_loss: float | None
     duration_seconds: float | None
+    has_weights: bool = False  # a final model or a complete checkpoint exists: it can be chatted with/evaluated
+    weights_note: str = ""     # why there are no weights yet, in words (empty when there are)
+
+
+def _number(value, kind=int):
+    """A status field as a number, or None when it is missing or of the wrong type (a damaged file)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def run_weights(run_dir: str | os.PathLike) -> tuple[bool, str]:
+    """(has weights, why not): a run can be chatted with, evaluated or exported once it saved a model."""
+    run_dir = Path(run_dir)
+    final = run_dir / "final"
+    if final.is_dir() and (any(final.glob("*.safetensors")) or any(final.glob("*.bin"))):
+        return True, ""
+    try:
+        if list_checkpoints(run_dir):
+            return True, ""
+    except OSError:
+        pass
+    state = str(read_status(run_dir).get("state", "unknown"))
+    if state in ("running", "preparing", "starting"):
+        return False, "still training: no checkpoint saved yet"
+    if state == "failed":
+        return False, "the run failed before saving any weights"
+    return False, "no trained weights were saved (no final model, no complete checkpoint)"
 
 
 def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
@@ -229,27 +260,37 @@ def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
         losses = [r["eval_loss"] for r in read_metrics(run_dir)
                   if r.get("kind") == "eval" and isinstance(r.get("eval_loss"), (int, float))]
         best = min(losses) if losses else None
-    started, ended = status.get("started"), status.get("ended") or status.get("updated")
-    duration = status.get("train_seconds")
+    started = _number(status.get("started"), float)
+    ended = _number(status.get("ended"), float) or _number(status.get("updated"), float)
+    duration = _number(status.get("train_seconds"), float)
     if duration is None and started and ended:
-        duration = max(0.0, float(ended) - float(started))
-    created = status.get("created")
+        duration = max(0.0, ended - started)
+    created = _number(status.get("created"), float)
     if created is None:
         try:
             created = run_dir.stat().st_mtime
         except OSError:
             created = None
+    global_step, total_steps = _number(status.get("global_step")), _number(status.get("total_steps"))
+    best = _number(best, float)
+    state = status.get("state", "unknown")
+    if not isinstance(state, str) or (status.get("global_step") is not None and global_step is None) or \
+            (status.get("total_steps") is not None and total_steps is None):
+        state = "unknown"  # a damaged status.json marks this run, never breaks the whole list
+    has_weights, weights_note = run_weights(run_dir)
     return RunSummary(
         name=name,
         path=run_dir,
         created=created,
         method=method,
         model=model,
-        state=str(status.get("state", "unknown")),
-        global_step=int(status.get("global_step") or 0),
-        total_steps=int(status.get("total_steps") or 0),
-        best_eval_loss=float(best) if best is not None else None,
-        duration_seconds=float(duration) if duration is not None else None,
+        state=state,
+        global_step=global_step or 0,
+        total_steps=total_steps or 0,
+        best_eval_loss=best,
+        duration_seconds=duration,
+        has_weights=has_weights,
+        weights_note=weights_note,
     )
 
 

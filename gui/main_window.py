@@ -321,6 +321,7 @@ class MainWindow(QMainWindow):
     def shutdown(self, timeout_ms: int = 60000) -> bool:
         """Stop every page's background work and wait for the threads; True when all stopped."""
         self._ram_timer.stop()
+        self.state.stop_watching()
         ok = True
         for page in self.pages.values():
             stop = getattr(page, "shutdown", None)

@@ -35,6 +35,7 @@ class StudioState(QObject):
         self._workspace = Path(workspace) if workspace else None
         self._data: Any = None
         self._model: Any = None
+        self._runs_model: Any = None
 
     # -- configuration ---------------------------------------------------------------------------
     @property
@@ -72,7 +73,23 @@ class StudioState(QObject):
 
     def set_workspace(self, path: str | Path) -> None:
         self._workspace = Path(path)
+        if self._runs_model is not None:
+            self._runs_model.set_workspace(self._workspace)
         self.configChanged.emit(None)
+
+    @property
+    def runs_model(self):
+        """The live list of the workspace's runs shared by every page (gui.workspace_model.WorkspaceModel)."""
+        if self._runs_model is None:
+            from gui.workspace_model import WorkspaceModel
+
+            self._runs_model = WorkspaceModel(self.workspace, parent=self)
+        return self._runs_model
+
+    def stop_watching(self) -> None:
+        """Stop the runs model's timers (the window is closing)."""
+        if self._runs_model is not None:
+            self._runs_model.stop()
 
     # -- loaded things ---------------------------------------------------------------------------
     @property

@@ -41,7 +41,7 @@ from core.config import GenerationConfig, field_meta
 from gui.chat_workers import ChatAnswer, ChatPaneThread, ChatRequest, ChatStatus, SharedSessions, TokenChunk
 from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
-from gui.widgets.run_picker import fill_checkpoints, workspace_runs
+from gui.widgets.run_picker import add_run_item, fill_checkpoints, first_enabled_run
 
 SIDES = ("base", "tuned")
 _SIDE_TITLES = {"base": "Base model", "tuned": "Fine-tuned"}
@@ -131,8 +131,11 @@ class ChatPage(QWidget):
         self._request_started = 0.0
         self.timings: dict[str, dict] = {}  # side -> last answer's timing (shown and used by tests)
         self._build()
+        self._user_chose_base = False  # the user picked "(none: base model only)": keep it on refreshes
         self.refresh_runs()
         state.configChanged.connect(self._on_config_changed)
+        # Runs started, finished or deleted anywhere (this window, the CLI) appear here without a click.
+        state.runs_model.runsChanged.connect(self._on_runs_changed)
 
     # ---------------------------------------------------------------------------------- layout
     def _build(self) -> None:
@@ -294,13 +297,16 @@ class ChatPage(QWidget):
         self.run_combo.blockSignals(True)
         self.run_combo.clear()
         self.run_combo.addItem("(none: base model only)", None)
-        runs = workspace_runs(self.state.workspace)
+        runs = self.state.runs_model.runs
         for run in runs:
-            label = f"{run.name}  ·  {run.method}  ·  {run.state}"
-            self.run_combo.addItem(label, str(run.path))
+            add_run_item(self.run_combo, run, f"{run.name}  ·  {run.method}  ·  {run.state}")
         index = self.run_combo.findData(current) if current else -1
-        if index < 0 and len(runs) > 0:
-            index = 1  # newest run by default: what the user most likely wants to try
+        if index >= 0 and index == first_enabled_run(self.run_combo, index):
+            pass  # keep the user's choice
+        elif len(runs) > 0 and not self._user_chose_base:
+            index = first_enabled_run(self.run_combo, 1)  # newest run with weights: most likely wanted
+        else:
+            index = 0
         self.run_combo.setCurrentIndex(max(index, 0))
         self.run_combo.blockSignals(False)
         self._fill_checkpoints(current_ckpt)
@@ -316,7 +322,13 @@ class ChatPage(QWidget):
 
     @Slot(int)
     def _on_run_changed(self, _index: int) -> None:
+        self._user_chose_base = self.run_combo.currentData() is None and self.run_combo.count() > 1
         self._fill_checkpoints()
+
+    @Slot(object)
+    def _on_runs_changed(self, _runs) -> None:
+        if not self.is_busy:
+            self.refresh_runs()
 
     @Slot(object)
     def _on_config_changed(self, section) -> None:

@@ -42,7 +42,7 @@ from PySide6.QtWidgets import (
 from gui.chat_workers import TaskOutcome, TaskProgress, TaskRunner
 from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
-from gui.widgets.run_picker import fill_checkpoints, workspace_runs
+from gui.widgets.run_picker import add_run_item, fill_checkpoints, first_enabled_run
 
 METRIC_ROWS = (  # key, label, lower is better, format
     ("loss", "Loss", True, "{:.4f}"),
@@ -171,6 +171,8 @@ class EvaluatePage(QWidget):
         self._build()
         self.refresh_runs()
         state.configChanged.connect(self._on_config_changed)
+        # Runs started, finished or deleted anywhere (this window, the CLI) appear here without a click.
+        state.runs_model.runsChanged.connect(self._on_runs_changed)
 
     # ------------------------------------------------------------------------------- layout
     def _build(self) -> None:
@@ -252,6 +254,12 @@ class EvaluatePage(QWidget):
         buttons.addWidget(self.cancel_button)
         buttons.addWidget(self.progress, 1)
         form.addRow(buttons)
+        self.blocker_label = QLabel()
+        self.blocker_label.setObjectName("Muted")
+        self.blocker_label.setWordWrap(True)
+        self.blocker_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.blocker_label.setVisible(False)
+        form.addRow(self.blocker_label)
         top.addWidget(setup, 3)
 
         results = QGroupBox("Scores")
@@ -339,13 +347,34 @@ class EvaluatePage(QWidget):
         current = self.run_combo.currentData()
         self.run_combo.blockSignals(True)
         self.run_combo.clear()
-        runs = workspace_runs(self.state.workspace)
+        runs = self.state.runs_model.runs
         for run in runs:
-            self.run_combo.addItem(f"{run.name}  ·  {run.state}", str(run.path))
+            add_run_item(self.run_combo, run, f"{run.name}  ·  {run.state}")
         index = self.run_combo.findData(current) if current else -1
-        self.run_combo.setCurrentIndex(max(index, 0) if runs else -1)
+        if index < 0 or index != first_enabled_run(self.run_combo, index):
+            index = first_enabled_run(self.run_combo)
+        self.run_combo.setCurrentIndex(index if runs else -1)
         self.run_combo.blockSignals(False)
         self._on_run_changed()
+
+    @Slot(object)
+    def _on_runs_changed(self, _runs) -> None:
+        if not self._task.is_busy:
+            self.refresh_runs()
+
+    def evaluate_blocker(self) -> str:
+        """Why Evaluate is off right now, in words ("" when it can start)."""
+        if self._task.is_busy:
+            return "An evaluation is running."
+        if self.run_combo.count() == 0:
+            return "No runs yet: train one on the Train page, then evaluate it here."
+        run_dir = self.run_combo.currentData()
+        if run_dir is None:
+            return "Choose a run with trained weights (runs without weights are greyed out)."
+        run = self.state.runs_model.run(run_dir)
+        if run is not None and not run.has_weights:
+            return f"{run.name}: {run.weights_note}"
+        return ""
 
     @Slot()
     def _on_run_changed(self, *_args) -> None:
@@ -385,7 +414,11 @@ class EvaluatePage(QWidget):
 
     def _update_buttons(self) -> None:
         busy = self._task.is_busy
-        self.evaluate_button.setEnabled(not busy and self.run_combo.currentData() is not None)
+        blocker = self.evaluate_blocker()
+        self.evaluate_button.setEnabled(not busy and not blocker)
+        self.evaluate_button.setToolTip(blocker or "Score the base and the fine-tuned model")
+        self.blocker_label.setText("" if busy else blocker)
+        self.blocker_label.setVisible(bool(blocker) and not busy)
         self.cancel_button.setEnabled(busy)
         self.run_combo.setEnabled(not busy)
         self.checkpoint_combo.setEnabled(not busy and self.checkpoint_combo.count() > 0)

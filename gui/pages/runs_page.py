@@ -1,8 +1,8 @@
 """Runs page: every run of the workspace, overlaid curves, a diff of settings, and run actions.
 
-The table is refreshed from ``core.runs.list_runs`` when the workspace folder changes
-(QFileSystemWatcher) and by a slow timer as a fallback (status changes inside a run folder, network
-drives where watching does not work), so a run started from the CLI shows up by itself. Resume and
+The table is refreshed from ``core.runs.list_runs`` whenever the shared workspace model
+(gui.workspace_model, shared with Chat and Evaluate) sees a run change, and by a slow timer while visible
+(curves of a live run), so a run started from the CLI shows up by itself. Resume and
 export run in a worker thread (``gui.chat_workers.TaskRunner``).
 """
 
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QFileSystemWatcher, QItemSelectionModel, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -125,8 +125,6 @@ class RunsPage(QWidget):
         self._task.progressed.connect(self._on_task_progress)
         self._task.finished.connect(self._on_task_finished)
         self._task_run: Path | None = None
-        self._watcher = QFileSystemWatcher(self)
-        self._watcher.directoryChanged.connect(self._schedule_refresh)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)  # a new run writes several files: refresh once
@@ -136,6 +134,8 @@ class RunsPage(QWidget):
         self._fallback.timeout.connect(self.refresh)
         self._build()
         state.configChanged.connect(self._on_config_changed)
+        # The shared workspace model watches the folders; any change of a run reaches this table.
+        state.runs_model.runsProgressed.connect(self._schedule_refresh)
         self._watch(self.state.workspace)
         self.refresh()
 
@@ -289,11 +289,8 @@ class RunsPage(QWidget):
         workspace = Path(workspace)
         if self._workspace == workspace:
             return
-        if self._watcher.directories():
-            self._watcher.removePaths(self._watcher.directories())
         self._workspace = workspace
         workspace.mkdir(parents=True, exist_ok=True)
-        self._watcher.addPath(str(workspace))
         self.workspace_label.setText(str(workspace))
         self._fallback.start()
 
@@ -313,8 +310,8 @@ class RunsPage(QWidget):
             self._watch(self.state.workspace)
             self.refresh()
 
-    @Slot(str)
-    def _schedule_refresh(self, _path: str = "") -> None:
+    @Slot(object)
+    def _schedule_refresh(self, _changed: object = None) -> None:
         self._debounce.start()
 
     # ------------------------------------------------------------------------------- table
