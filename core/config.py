@@ -457,9 +457,13 @@ class TrainingConfig:
     )
     report_to: str = opt(
         "none",
-        "Also log to TensorBoard or MLflow (the package must be installed).",
+        "Also log the loss, learning rate and eval loss to TensorBoard and/or MLflow (install them with "
+        "`pip install finetune-studio[tracking]`). TensorBoard writes into the run's tensorboard/ folder "
+        "(`tensorboard --logdir RUN/tensorboard`); MLflow into $MLFLOW_TRACKING_URI, else the workspace's "
+        "mlflow.db (`mlflow ui --backend-store-uri sqlite:///WORKSPACE/mlflow.db`). The run's tracking.json "
+        "says where.",
         label="Also report to",
-        choices=("none", "tensorboard", "mlflow"),
+        choices=("none", "tensorboard", "mlflow", "tensorboard+mlflow"),
         advanced=True,
     )
     device: str = opt(

@@ -157,6 +157,7 @@ def training_arguments(run_cfg: RunConfig, output_dir: str, device, *, eval_avai
     from transformers import TrainingArguments
 
     from core.devices import DeviceInfo, pick_device, resolve_precision
+    from core.tracking import reporting_targets
 
     info = device if isinstance(device, DeviceInfo) else pick_device(str(device))
     t = run_cfg.training
@@ -203,7 +204,8 @@ def training_arguments(run_cfg: RunConfig, output_dir: str, device, *, eval_avai
         fp16=precision == "fp16",
         seed=t.seed,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        report_to=t.report_to,
+        # TensorBoard / MLflow via the Trainer's own callbacks; core.tracking says where their logs go.
+        report_to=reporting_targets(t.report_to) or "none",
         # Forking from the GUI process is unsafe; batches are small enough for the main process.
         dataloader_num_workers=0,
         # Our collator picks its columns; the Trainer's signature inspection is unreliable with peft.

@@ -232,13 +232,9 @@ def environment_info(device: Any = None) -> dict:
 
 
 def _check_reporting(cfg: RunConfig) -> None:
-    import importlib.util
+    from core.tracking import check_installed
 
-    target = cfg.training.report_to
-    package = {"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(target)
-    if package and importlib.util.find_spec(package) is None:
-        raise ConfigError("training.report_to",
-                          f"{target} is not installed: `pip install {package}` or set it to none")
+    check_installed(cfg.training.report_to)
 
 
 def _check_method_supported(cfg: RunConfig, device: Any) -> None:
@@ -753,6 +749,7 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     from core.hf_args import apply_method, training_arguments
     from core.metrics import emit_probe
     from core.probes import make_probe_callback
+    from core.tracking import tracking
 
     main = _is_main_process()
     device = pick_device(cfg.training.device)
@@ -790,7 +787,7 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
 
     # -- model and method -----------------------------------------------------------------------
     import transformers
-    from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback
+    from transformers import EarlyStoppingCallback
 
     progress(None, "loading the model")
     # Seed before the adapter is created so LoRA's random initialisation is reproducible.
@@ -832,9 +829,31 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
             stop=stop, every=probes.every, max_new_tokens=probes.max_new_tokens,
             on_pause=studio_callback.add_pause, enabled=main))
     callbacks.extend(extra_callbacks)
-    trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      data_collator=PadToLongestCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-                      callbacks=callbacks)
+    # TensorBoard / MLflow (training.report_to): the MLflow run spans the step-0 evaluation and training.
+    with tracking(cfg, run_dir, main=main, resuming=resume_from is not None) as tracking_session:
+        return _train_and_save(cfg, run_dir, sinks, stop, resume_from, model, args, train_dataset, eval_dataset,
+                               tokenizer, callbacks, studio_callback, early_stopping, tracking_session)
+
+
+def _train_and_save(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], stop: StopToken | None,
+                    resume_from: Path | None, model: Any, args: Any, train_dataset: Any, eval_dataset: Any,
+                    tokenizer: Any, callbacks: list[Any], studio_callback: Any, early_stopping: Any,
+                    tracking_session: Any) -> RunResult:
+    """The second half of the recipe: Trainer -> step-0 evaluation -> train -> save final/."""
+    import transformers
+    from transformers import PrinterCallback, ProgressCallback
+
+    from core.tracking import tensorboard_folder
+
+    main = _is_main_process()
+
+    def progress(fraction: float | None, message: str) -> None:
+        _emit_status(sinks, StatusEvent("running", message, fraction=fraction))
+
+    with tensorboard_folder(tracking_session):
+        trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                  data_collator=PadToLongestCollator(tokenizer.pad_token_id),
+                                  processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
 
@@ -869,6 +888,7 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
                       best_checkpoint=best_checkpoint.name if best_checkpoint else None, best_step=best_step,
                       best_eval_loss=best_eval, train_seconds=studio_callback.elapsed())
         _emit_status(sinks, StatusEvent("stopped", message, step=step))
+        tracking_session.status = "KILLED"  # MLflow's word for a run ended before its last step
         return RunResult(run_dir, "stopped", step, None, best_checkpoint, best_eval, message)
 
     # -- save final/ ----------------------------------------------------------------------------

@@ -93,10 +93,14 @@ def stop_on_ctrl_c(stop: StopToken):
 
 
 def _report(result) -> int:
+    from core.tracking import describe, read_tracking
+
     print(f"run folder: {result.run_dir}")
     print(f"{result.state}: {result.message}")
     if result.final_dir is not None:
         print(f"final model: {result.final_dir}")
+    for line in describe(read_tracking(result.run_dir)):
+        print(line)
     return 0 if result.state == "finished" else 130
 
 
