@@ -126,6 +126,24 @@ def apply_preset(cfg: RunConfig, preset: Preset) -> RunConfig:
     return result
 
 
+def preset_changes(cfg: RunConfig, preset: Preset) -> list[tuple[str, object, object]]:
+    """(dotted field, current value, preset value) for every setting ``preset`` would change in ``cfg``."""
+    target = apply_preset(cfg, preset)
+    changes = []
+    for section, values in preset.settings.items():
+        for name in values:
+            dotted = f"{section}.{name}"
+            before, after = getattr(getattr(cfg, section), name), getattr(getattr(target, section), name)
+            if before != after:
+                changes.append((dotted, before, after))
+    return changes
+
+
+def matching_preset(cfg: RunConfig, presets: list[Preset]) -> Preset | None:
+    """The first preset whose every setting equals ``cfg``'s (None: the settings are "Custom")."""
+    return next((preset for preset in presets if not preset_changes(cfg, preset)), None)
+
+
 def find_resumable_run(workspace: Path) -> Path | None:
     """The newest run in ``workspace`` that was stopped, interrupted or failed and has a checkpoint."""
     from core import runs
@@ -280,18 +298,29 @@ class TrainPage(QWidget):
 
         preset_row = QHBoxLayout()
         self.preset_combo = QComboBox()
-        self.preset_combo.setToolTip("Ready-made settings. Applying one changes only the settings it lists.")
-        self.preset_combo.currentIndexChanged.connect(self._show_preset_description)
-        self.apply_preset_button = QPushButton("Apply preset")
-        self.apply_preset_button.clicked.connect(self._apply_selected_preset)
+        self.preset_combo.setToolTip("Ready-made settings. Choosing one applies it at once and lists what it "
+                                     "changed (Undo puts the settings back). “Custom” means the settings match "
+                                     "no preset.")
+        self.preset_combo.activated.connect(self._on_preset_chosen)
+        self.undo_preset_button = QPushButton("Undo")
+        self.undo_preset_button.setToolTip("Put back the settings from before the preset was applied")
+        self.undo_preset_button.clicked.connect(self.undo_preset)
+        self.undo_preset_button.setVisible(False)
         preset_row.addWidget(QLabel("Preset:"))
         preset_row.addWidget(self.preset_combo, 1)
-        preset_row.addWidget(self.apply_preset_button)
+        preset_row.addWidget(self.undo_preset_button)
         column.addLayout(preset_row)
         self.preset_description = QLabel()
         self.preset_description.setObjectName("presetDescription")
         self.preset_description.setWordWrap(True)
         column.addWidget(self.preset_description)
+        self.preset_changes_label = QLabel()
+        self.preset_changes_label.setObjectName("presetDescription")
+        self.preset_changes_label.setWordWrap(True)
+        self.preset_changes_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.preset_changes_label.setVisible(False)
+        column.addWidget(self.preset_changes_label)
+        self._config_before_preset: RunConfig | None = None
         self._load_preset_list()
 
         file_row = QHBoxLayout()
@@ -791,13 +820,42 @@ class TrainPage(QWidget):
         return True
 
     def apply_preset(self, title: str) -> None:
-        """Apply the preset named ``title`` on top of the current settings."""
+        """Apply the preset named ``title`` on top of the current settings; list what changed, offer Undo."""
+        from core.config import field_meta
+
         for preset in self._presets:
             if preset.title == title:
+                changes = preset_changes(self.state.config, preset)
+                before = self.state.config.copy()
                 self.state.set_config(apply_preset(self.state.config, preset))
-                self._log(f"Applied the preset “{preset.title}”.")
+                if changes:
+                    self._config_before_preset = before
+                    words = []
+                    for dotted, old, new in changes:
+                        section, name = dotted.split(".", 1)
+                        label = field_meta(section, name).get("label") or name.replace("_", " ")
+                        words.append(f"{label}: {old} → {new}")
+                    self.preset_changes_label.setText(f"“{preset.title}” changed {len(changes)} setting"
+                                                      f"{'s' if len(changes) != 1 else ''}: " + "; ".join(words))
+                else:
+                    self.preset_changes_label.setText(f"The settings already were “{preset.title}”.")
+                self.preset_changes_label.setVisible(True)
+                self.undo_preset_button.setVisible(bool(changes))
+                self._sync_preset_combo()
+                self._log(f"Applied the preset “{preset.title}” ({len(changes)} settings changed).")
                 return
         raise KeyError(title)
+
+    @Slot()
+    def undo_preset(self) -> None:
+        """Put back the settings from before the last preset was applied."""
+        if self._config_before_preset is None:
+            return
+        self.state.set_config(self._config_before_preset)
+        self._config_before_preset = None
+        self.undo_preset_button.setVisible(False)
+        self.preset_changes_label.setText("Preset undone: the earlier settings are back.")
+        self._sync_preset_combo()
 
     def data_problem(self) -> str:
         """Why the configured dataset cannot be trained on, as the Data page found it ("" when usable or
@@ -859,6 +917,7 @@ class TrainPage(QWidget):
     @Slot(object)
     def _on_config_changed(self, _section: object) -> None:
         self.form.set_config(self.state.config)
+        self._sync_preset_combo()
         self._sync_device_combo()
         self.probe_editor.set_save_interval(self.state.config.training.save_steps)
         self.revalidate()
@@ -886,7 +945,7 @@ class TrainPage(QWidget):
             self.resume_button.setToolTip(f"Continue {self.resumable_run.name} from its latest checkpoint.")
         else:
             self.resume_button.setToolTip("Continue a stopped or interrupted run (none right now).")
-        for widget in (self.form, self.preset_combo, self.apply_preset_button, self.load_button,
+        for widget in (self.form, self.preset_combo, self.undo_preset_button, self.load_button,
                        self.device_combo, self.processes_spin, self.estimate_panel.measure_button):
             widget.setEnabled(not busy)
         self.probe_editor.setEnabled(not busy and self.processes_spin.value() == 1)
@@ -899,21 +958,32 @@ class TrainPage(QWidget):
             self._presets = []
             self.preset_description.setText(f"Presets unavailable: {exc}")
         self.preset_combo.clear()
+        self.preset_combo.addItem("Custom", None)
         for preset in self._presets:
-            self.preset_combo.addItem(preset.title)
+            self.preset_combo.addItem(preset.title, preset.title)
         self.preset_combo.setEnabled(bool(self._presets))
-        self.apply_preset_button.setEnabled(bool(self._presets))
+        self._sync_preset_combo()
+
+    def _sync_preset_combo(self) -> None:
+        """Show the preset the settings equal, or "Custom": the box never claims a preset the form does not hold."""
+        preset = matching_preset(self.state.config, self._presets) if hasattr(self, "state") else None
+        index = self.preset_combo.findData(preset.title) if preset is not None else 0
+        self.preset_combo.blockSignals(True)
+        self.preset_combo.setCurrentIndex(max(0, index))
+        self.preset_combo.blockSignals(False)
         self._show_preset_description()
 
     def _show_preset_description(self, *_args) -> None:
-        index = self.preset_combo.currentIndex()
-        if 0 <= index < len(self._presets):
-            self.preset_description.setText(self._presets[index].description)
+        title = self.preset_combo.currentData()
+        preset = next((p for p in self._presets if p.title == title), None)
+        self.preset_description.setText(preset.description if preset is not None else
+                                        "Your own settings (they match none of the presets).")
 
-    def _apply_selected_preset(self) -> None:
-        index = self.preset_combo.currentIndex()
-        if 0 <= index < len(self._presets):
-            self.apply_preset(self._presets[index].title)
+    @Slot(int)
+    def _on_preset_chosen(self, index: int) -> None:
+        title = self.preset_combo.itemData(index)
+        if title:
+            self.apply_preset(title)
 
     def _ask_load_config(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load settings", str(self.state.workspace),
