@@ -106,6 +106,28 @@ def test_presets_and_config_files(page, tmp_path):
     assert page.error_banner.isVisibleTo(page) and "bad.yaml" in page.error_text.text()
 
 
+def test_preset_box_is_honest_and_undoable(page):
+    from gui.pages.train_page import matching_preset
+
+    page.state.set_config(RunConfig())
+    # Defaults match no preset: the box says "Custom", not the first preset's title.
+    assert page.preset_combo.currentText() == "Custom" and matching_preset(page.state.config, page._presets) is None
+    before = page.state.config.copy()
+    index = page.preset_combo.findText("Quick look: a few steps")
+    page.preset_combo.activated.emit(index)  # choosing applies it
+    assert page.state.config.training.max_steps == 10
+    assert page.preset_combo.currentText() == "Quick look: a few steps"
+    changed = page.preset_changes_label.text()
+    assert "changed" in changed and "→ 10" in changed and page.undo_preset_button.isVisibleTo(page)
+    # Editing any preset setting makes it "Custom" again.
+    page.form.set_field_text("training.max_steps", 12)
+    assert page.preset_combo.currentText() == "Custom"
+    page.form.set_field_text("training.max_steps", 10)
+    assert page.preset_combo.currentText() == "Quick look: a few steps"
+    page.undo_preset()
+    assert page.state.config.to_dict() == before.to_dict() and page.preset_combo.currentText() == "Custom"
+
+
 def test_start_stop_resume_full_flow(page, qtbot):
     page.form.set_field_text("training.max_steps", 16)  # set a field through the form
     assert page.state.config.training.max_steps == 16
