@@ -187,14 +187,16 @@ class ModelConfig:
     trust_remote_code: bool = opt(
         False,
         "Some models need Python code from their repository to load. That code runs with your permissions: "
-        "only allow it for repositories you trust.",
+        "only allow it for repositories you trust. This setting only asks: the app asks you once per model on "
+        "this computer (the CLI needs --trust-remote-code), and a run's config.yaml alone never allows it.",
         label="Allow the model's own code",
         advanced=True,
     )
     allow_pickle: bool = opt(
         False,
         "Allow loading weights stored as Python pickles (.bin) when no safetensors file exists. Pickles can "
-        "run code when loaded: only allow for sources you trust.",
+        "run code when loaded: only allow for sources you trust. This setting only asks: the app asks you once "
+        "per model on this computer (the CLI needs --allow-pickle), and a run's config.yaml alone never allows it.",
         label="Allow pickled weights",
         advanced=True,
     )

@@ -150,12 +150,14 @@ def architecture(cfg: RunConfig) -> Architecture:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from core.consent import allowed
     from core.models import resolve_model_path
 
     path = resolve_model_path(cfg.model)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    trust = allowed(cfg.model, "trust_remote_code")  # the user's consent, never the config's flag
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
     return architecture_from_model(model)
 
 

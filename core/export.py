@@ -468,7 +468,8 @@ def export_script(run_dir, out_path, *, progress: ProgressFn | None = None) -> P
     device = cfg.training.device
     settings = {
         "base_model": resolve_model_path(cfg.model),
-        "trust_remote_code": cfg.model.trust_remote_code,
+        # What the run needed, not a permission: the script asks for --trust-remote-code itself.
+        "needs_remote_code": bool(cfg.model.trust_remote_code),
         "max_length": cfg.training.max_length,
         "train_on_answers_only": cfg.data.train_on_answers_only,
         "max_eval_examples": cfg.training.max_eval_examples,
@@ -498,7 +499,7 @@ Needs only transformers, peft and datasets (and torch). Files next to this scrip
 The script tokenizes each segment, masks the context tokens out of the loss (labels -100), adds EOS
 after the answer, pads each batch to its longest example and trains with the run's Trainer arguments.
 
-    python this_script.py [--output DIR] [--data FILE] [--max-steps N]
+    python this_script.py [--output DIR] [--data FILE] [--max-steps N] [--trust-remote-code]
 """
 
 import argparse
@@ -569,10 +570,15 @@ def main():
     parser.add_argument("--output", default=str(HERE / "output"), help="where checkpoints and final/ go")
     parser.add_argument("--data", default=str(HERE / "@DATA_FILE@"), help="the examples (JSONL of segments)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the number of steps")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the base model's own Python code run (it runs with your permissions)")
     args = parser.parse_args()
+    if SETTINGS["needs_remote_code"] and not args.trust_remote_code:
+        parser.error(f"the base model {SETTINGS['base_model']} needs its own Python code to load, which runs with "
+                     "your permissions; pass --trust-remote-code if you trust its source")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    tokenizer = AutoTokenizer.from_pretrained(SETTINGS["base_model"], trust_remote_code=SETTINGS["trust_remote_code"])
+    tokenizer = AutoTokenizer.from_pretrained(SETTINGS["base_model"], trust_remote_code=args.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     rows = {"train": [], "test": []}
@@ -589,7 +595,7 @@ def main():
     # Seed before the adapter is created so its random initialisation matches the app's run.
     transformers.set_seed(SETTINGS["seed"])
     model = AutoModelForCausalLM.from_pretrained(SETTINGS["base_model"], dtype=torch.float32,
-                                                 trust_remote_code=SETTINGS["trust_remote_code"])
+                                                 trust_remote_code=args.trust_remote_code)
     if SETTINGS["peft_config"] is not None:
         from peft import get_peft_config, get_peft_model
 

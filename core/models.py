@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cancel import ProgressFn, StopToken
+from core.consent import ConsentRequired, allowed
 from core.errors import ModelError
 from core.paths import cache_dir
 
@@ -191,12 +192,11 @@ def _check_local_folder(folder: Path, model_cfg) -> None:
     has_safetensors = any(name.endswith(".safetensors") for name in files)
     pickles = [name for name in files if name.endswith(_PICKLE_SUFFIXES) and name != "training_args.bin"]
     if not has_safetensors:
-        if pickles and not model_cfg.allow_pickle:
-            raise ModelError(
-                f"{folder}: the weights are stored only as Python pickles ({', '.join(sorted(pickles)[:3])}), which "
-                "can run code when loaded. Convert them to safetensors, or allow it with the setting "
-                "model.allow_pickle (\"Allow pickled weights\") if you trust the source."
-            )
+        if pickles and not allowed(model_cfg, "allow_pickle"):
+            raise ConsentRequired(
+                model_cfg.name_or_path, "allow_pickle",
+                f"{folder}: the weights are stored only as Python pickles ({', '.join(sorted(pickles)[:3])}); "
+                "converting them to safetensors avoids the question.")
         if not pickles:
             raise ModelError(f"{folder}: no weights found (expected model.safetensors or *.safetensors shards)")
 
@@ -206,12 +206,10 @@ def _check_remote_code(config: dict, where: str, model_cfg) -> None:
 
     model_type = config.get("model_type")
     needs_code = model_type not in CONFIG_MAPPING and bool(config.get("auto_map"))
-    if needs_code and not model_cfg.trust_remote_code:
-        raise ModelError(
-            f"{where}: this model (type '{model_type}') needs Python code from its repository to load. That code "
-            "runs with your permissions. If you trust the source, allow it with the setting model.trust_remote_code "
-            "(\"Allow the model's own code\")."
-        )
+    if needs_code and not allowed(model_cfg, "trust_remote_code"):
+        raise ConsentRequired(model_cfg.name_or_path, "trust_remote_code",
+                              f"{where}: this model (type '{model_type}') needs Python code from its repository "
+                              "to load.")
     if model_type is None and not config.get("auto_map"):
         raise ModelError(f"{where}: config.json has no model_type, so the architecture is unknown")
 
@@ -313,7 +311,8 @@ def load_tokenizer(model_cfg, progress: ProgressFn | None = None):
     path = resolve_model_path(model_cfg, progress=progress)
     kwargs = _hub_kwargs(model_cfg) if _is_hub_id(path) else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=allowed(model_cfg, "trust_remote_code"),
+                                                  **kwargs)
     except (OSError, ValueError) as exc:
         if _is_hub_id(path):
             raise _download_error(path, exc) from None
@@ -354,11 +353,14 @@ def load_model(model_cfg, *, device="cpu", dtype=None, quantize_4bit: bool = Fal
     info = device if isinstance(device, DeviceInfo) else pick_device(device or "cpu")
     path = resolve_model_path(model_cfg, progress=progress)
     hub = _is_hub_id(path)
-    kwargs: dict[str, Any] = {"trust_remote_code": model_cfg.trust_remote_code, "dtype": _torch_dtype(dtype)}
+    # Only the user's recorded consent counts (core.consent), never the run's config.yaml.
+    allow_pickle = allowed(model_cfg, "allow_pickle")
+    kwargs: dict[str, Any] = {"trust_remote_code": allowed(model_cfg, "trust_remote_code"),
+                              "dtype": _torch_dtype(dtype)}
     if hub:
         kwargs.update(_hub_kwargs(model_cfg))
     # safetensors only, unless the user allowed pickles (then safetensors is still preferred when present).
-    kwargs["use_safetensors"] = None if model_cfg.allow_pickle else True
+    kwargs["use_safetensors"] = None if allow_pickle else True
     if quantize_4bit:
         from core.hf_args import bits_and_bytes_config
 
@@ -374,11 +376,9 @@ def load_model(model_cfg, *, device="cpu", dtype=None, quantize_4bit: bool = Fal
     except (OSError, ValueError) as exc:
         text = str(exc)
         online = hub and not kwargs.get("local_files_only")
-        if online and "safetensors" in text.lower() and not model_cfg.allow_pickle:
-            raise ModelError(
-                f"'{path}' has no safetensors weights, only Python pickles, which can run code when loaded. Allow "
-                "them with the setting model.allow_pickle (\"Allow pickled weights\") if you trust the source."
-            ) from None
+        if online and "safetensors" in text.lower() and not allow_pickle:
+            raise ConsentRequired(model_cfg.name_or_path, "allow_pickle",
+                                  f"'{path}' has no safetensors weights, only Python pickles.") from None
         if hub:
             raise _download_error(path, exc) from None
         raise ModelError(f"{path}: could not load the model ({text.splitlines()[0] if text else exc!r})") from None

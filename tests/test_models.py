@@ -136,9 +136,11 @@ def test_not_a_model_folder(tmp_path):
         models.resolve_model_path(ModelConfig(name_or_path="  "))
 
 
-def test_pickled_weights_need_permission(tiny_model_dir, tmp_path):
+def test_pickled_weights_need_permission(tiny_model_dir, tmp_path, isolated_home):
     import torch
     from safetensors.torch import load_file
+
+    from core import consent
 
     folder = _copy(tiny_model_dir, tmp_path / "pickled")
     state = load_file(folder / "model.safetensors")
@@ -146,21 +148,27 @@ def test_pickled_weights_need_permission(tiny_model_dir, tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(ModelError) as info:
         models.load_model(ModelConfig(name_or_path=str(folder)))
-    assert "model.allow_pickle" in str(info.value) and "pytorch_model.bin" in str(info.value)
-    model = models.load_model(ModelConfig(name_or_path=str(folder), allow_pickle=True))
+    assert "--allow-pickle" in str(info.value) and "pytorch_model.bin" in str(info.value)
+    consent.grant(str(folder), "allow_pickle")  # the user's consent (the config flag alone is not enough)
+    model = models.load_model(ModelConfig(name_or_path=str(folder)))
     assert torch.equal(model.state_dict()["lm_head.weight"], state["embed_out.weight"])  # v5 renames the head
 
 
-def test_remote_code_needs_permission(tiny_model_dir, tmp_path):
+def test_remote_code_needs_permission(tiny_model_dir, tmp_path, isolated_home):
+    from core import consent
+
     folder = _copy(tiny_model_dir, tmp_path / "custom")
     config = json.loads((folder / "config.json").read_text())
     config.update(model_type="my_secret_arch", auto_map={"AutoModelForCausalLM": "modeling_secret.SecretLM"})
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError) as info:
         models.resolve_model_path(ModelConfig(name_or_path=str(folder)))
-    assert "model.trust_remote_code" in str(info.value)
+    assert "--trust-remote-code" in str(info.value) and "model.trust_remote_code: true is not enough" in str(info.value)
+    with pytest.raises(ModelError):  # the config's flag is not consent
+        models.resolve_model_path(ModelConfig(name_or_path=str(folder), trust_remote_code=True))
+    consent.grant(str(folder), "trust_remote_code")
     # Allowed: the check passes (loading would then run the repository's code).
-    assert models.resolve_model_path(ModelConfig(name_or_path=str(folder), trust_remote_code=True)) == str(folder)
+    assert models.resolve_model_path(ModelConfig(name_or_path=str(folder))) == str(folder)
 
 
 # -- hub ids ------------------------------------------------------------------------------------------

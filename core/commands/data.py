@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from core.config import SCHEMAS, TEMPLATES, ConfigError, DataConfig
+from core.consent import add_consent_arguments, record_cli_consent
 from core.errors import DataError
 
 
@@ -42,6 +43,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip unusable rows instead of stopping")
     parser.add_argument("--keep-whitespace", action="store_true", help="do not collapse whitespace")
     parser.add_argument("--all-tokens", action="store_true", help="train on the whole text, not only the answers")
+    add_consent_arguments(parser)  # for --model's tokenizer
 
 
 def data_config_from_args(args) -> DataConfig:
@@ -90,6 +92,7 @@ def load_tokenizer_for(model: str | None, *, required: bool) -> tuple[object | N
 
 def run_inspect(args) -> int:
     cfg = data_config_from_args(args)
+    record_cli_consent(args, args.model)
     tokenizer, note = load_tokenizer_for(args.model, required=cfg.template == "chat")
     from core.data import inspect_report
 
@@ -103,6 +106,7 @@ def run_export(args) -> int:
     from core.data import load_records, prompt_for, render_segments, save_jsonl
 
     cfg = data_config_from_args(args)
+    record_cli_consent(args, args.model)
     output = Path(args.output).expanduser()
     source_path = Path(cfg.source).expanduser()
     if source_path.exists() and (output.resolve() == source_path.resolve()

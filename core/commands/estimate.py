@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from core.cancel import StopToken, stop_on_ctrl_c
 from core.config import RunConfig
+from core.consent import add_consent_arguments, record_cli_consent
 
 
 def register(subparsers) -> None:
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
                    help="override a setting, e.g. --set training.batch_size=4 (repeatable)")
     p.add_argument("--probe", action="store_true", help="also run a few real training steps and measure")
     p.add_argument("--steps", type=int, default=3, help="steps of the probe (default 3)")
+    add_consent_arguments(p)
     p.add_argument("--processes", type=int, default=1, help="data-parallel processes (divides the steps)")
     p.add_argument("--no-data", action="store_true",
                    help="do not read the dataset (faster; assumes every batch is max length long)")
@@ -34,6 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--accelerate-config", metavar="FILE", help="an accelerate config file (accelerate config)")
     p.add_argument("--output", metavar="DIR", help="workspace folder holding the runs (default: the app's)")
     p.add_argument("--launcher", choices=("accelerate", "torchrun"), default="accelerate")
+    add_consent_arguments(p)
     p.set_defaults(func=run_launch)
 
 
@@ -42,6 +45,7 @@ def _load(args) -> RunConfig:
     for item in getattr(args, "set", []) or []:
         key, _, value = item.partition("=")
         cfg.set_value(key.strip(), value)
+    record_cli_consent(args, cfg.model.name_or_path)
     cfg.validate()
     return cfg
 
@@ -67,6 +71,8 @@ def run_estimate(args) -> int:
 def run_launch(args) -> int:
     from core.launch import launch_distributed
 
+    if getattr(args, "trust_remote_code", False) or getattr(args, "allow_pickle", False):
+        record_cli_consent(args, RunConfig.load(args.config).model.name_or_path)  # the ranks read the store
     notice = "stopping all processes (a checkpoint is saved; Ctrl+C again to abort)"
     with stop_on_ctrl_c(StopToken(), notice) as stop:
         result = launch_distributed(args.config, processes=args.processes,

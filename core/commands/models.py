@@ -6,6 +6,7 @@ import json
 import sys
 
 from core.config import MethodConfig, ModelConfig
+from core.consent import add_consent_arguments, record_cli_consent
 
 
 def register(subparsers) -> None:
@@ -30,8 +31,7 @@ def register(subparsers) -> None:
     info.add_argument("--seq-len", type=int, default=256, help="sequence length for the estimates (default 256)")
     info.add_argument("--tree", action="store_true", help="also print the module tree")
     info.add_argument("--json", action="store_true", help="print JSON")
-    info.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run")
-    info.add_argument("--allow-pickle", action="store_true", help="allow pickled (.bin) weights")
+    add_consent_arguments(info)
     info.set_defaults(func=run_info)
 
     convert = actions.add_parser("convert", help="convert the bundled GGUF model into a plain folder now")
@@ -103,6 +103,7 @@ def _print_tree(node: dict, depth: int = 0, max_depth: int = 4) -> None:
 def run_info(args) -> int:
     from core.models import architecture_tree, load_model, load_tokenizer, model_info
 
+    record_cli_consent(args, args.model)
     model_cfg = ModelConfig(name_or_path=args.model, trust_remote_code=args.trust_remote_code,
                             allow_pickle=args.allow_pickle)
     method_cfg = MethodConfig(method=args.method, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,

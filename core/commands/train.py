@@ -18,6 +18,7 @@ from pathlib import Path
 from core.cancel import StopToken
 from core.cancel import stop_on_ctrl_c as _stop_on_ctrl_c
 from core.config import RunConfig
+from core.consent import add_consent_arguments, record_cli_consent
 
 # (flag, dotted config field) for the shortcut flags of `train`
 _FLAG_FIELDS = (
@@ -55,12 +56,14 @@ def register(subparsers) -> None:
                    help="answer the probes every N steps (default: at each checkpoint save)")
     p.add_argument("--probe-tokens", type=int, metavar="N",
                    help="new tokens per probe answer (default: 24)")
+    add_consent_arguments(p)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("resume", help="continue a stopped or interrupted run",
                               description="Continue a run from its latest (or the chosen) complete checkpoint.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--checkpoint", type=int, metavar="N", help="resume from checkpoint-N instead of the latest")
+    add_consent_arguments(p)
     p.set_defaults(func=run_resume)
 
     p = subparsers.add_parser("runs", help="list training runs", description="List the runs of a workspace.")
@@ -118,6 +121,8 @@ def run_train(args) -> int:
     from core.training import train
 
     cfg = build_config(args)
+    for kind in record_cli_consent(args, cfg.model.name_or_path):
+        setattr(cfg.model, kind, True)  # the run records what it needed; the consent itself stays on this machine
     cfg.validate()
     _quiet_library_progress_bars()
     probe_kwargs = {}
@@ -141,8 +146,11 @@ def run_train(args) -> int:
 
 def run_resume(args) -> int:
     from core.metrics import ConsoleSink
+    from core.runs import load_run_config
     from core.training import resume
 
+    if getattr(args, "trust_remote_code", False) or getattr(args, "allow_pickle", False):
+        record_cli_consent(args, load_run_config(args.run_dir).model.name_or_path)
     _quiet_library_progress_bars()
     stop = StopToken()
     with stop_on_ctrl_c(stop):

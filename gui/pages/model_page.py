@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from core.config import ConfigError, field_meta
 from core.errors import Cancelled
 from gui import theme
+from gui.consent_prompt import offer_consent
 from gui.pages.data_page import error_text
 from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
@@ -422,6 +423,10 @@ class ModelPage(ErrorBannerHost, QWidget):
             self._load_task = None
             self.model_label.setText("No model loaded" if self.loaded is None else
                                      f"{self.loaded.name} · {self.loaded.info.architecture}")
+            # Stopped before any of the model's code ran: ask the user, and load again if they allow it.
+            if offer_consent(self, exc):
+                self.load_model(exc.model)
+                return
         if self.sender() is self._info_task:
             self._info_task = None
         if isinstance(exc, Cancelled):

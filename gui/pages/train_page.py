@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 from core.config import ConfigError, FieldProblem, RunConfig, field_meta
 from core.errors import StudioError
 from core.metrics import format_duration
+from gui.consent_prompt import confirm_consents, offer_consent
 from gui.tasks import TaskGroup
 from gui.widgets.coach_panel import CoachPanel
 from gui.widgets.config_form import ConfigForm
@@ -746,6 +747,9 @@ class TrainPage(QWidget):
         if unusable:
             self.show_error(unusable, data_action=True)
             return False
+        if not confirm_consents(self, self.state.config.model):
+            self.show_error(f"Not started: {self.state.config.model.name_or_path} needs a permission you did not give.")
+            return False
         from core.coach import Coach
 
         self._estimate_timer.stop()
@@ -774,6 +778,16 @@ class TrainPage(QWidget):
         """Continue the last stopped or interrupted run from its latest checkpoint."""
         run_dir = self.resumable_run
         if self.controller.is_busy or run_dir is None:
+            return False
+        from core.runs import load_run_config
+
+        try:
+            run_model = load_run_config(run_dir).model
+        except StudioError:
+            run_model = None  # resume itself reports the unreadable config
+        # The run's config.yaml may ask for remote code or pickles; only the user's answer here allows it.
+        if run_model is not None and not confirm_consents(self, run_model):
+            self.show_error(f"Not resumed: {run_model.name_or_path} needs a permission you did not give.")
             return False
         self._reset_run_view()
         from core.runs import read_metrics
@@ -1124,7 +1138,9 @@ class TrainPage(QWidget):
         self._show_stats()
         self.last_result = exc
         self._set_run_state("failed")
-        if isinstance(exc, StudioError):
+        if offer_consent(self, exc):
+            self.show_error(f"Allowed for {exc.model}: press Start (or Resume) again.")
+        elif isinstance(exc, StudioError):
             self.show_error(f"Training failed: {exc}")
         else:
             # A bug rather than a user-fixable problem: say so, keep the details in the log.
