@@ -2,7 +2,9 @@
 
 ``Coach.update(point)`` takes one ``core.metrics.MetricPoint`` (or a dict with the same fields, e.g. a
 line of ``metrics.jsonl``) and returns the advice that became true with it. Each rule fires at most once
-per run, so the GUI can show the advice as it arrives without de-duplicating. Every advice carries the
+per run, so the GUI can show the advice as it arrives without de-duplicating; ``finish()`` at the end of a
+run adds the "all is well" note when nothing went wrong. ``CoachSink`` runs the coach as a metrics sink
+inside ``core.training``, so headless runs get the same notes (printed, and recorded in metrics.jsonl). Every advice carries the
 evidence (steps and values) in one sentence and a concrete config patch, e.g.
 ``{"training.learning_rate": 2e-5}``, that ``apply_suggestion`` applies to a ``RunConfig``.
 
@@ -32,6 +34,8 @@ RULES = (
     "overfitting",
     "low_loss",
     "lr_too_low",
+    "noisy_batches",
+    "all_is_well",
 )
 
 
@@ -170,6 +174,8 @@ class Coach:
     low_loss = 0.02  # training loss below this is suspicious
     too_low_points = 30  # points after which a loss that barely moved means the learning rate is too low
     too_low_drop = 0.02  # relative drop below this after ``too_low_points``
+    eval_improved = 0.01  # held-out loss this much (relative) below its first value = improving
+    noisy_rise = 1.2  # training loss median this many times its start = rising (while held-out falls)
 
     def __init__(self, config: Any = None, *, learning_rate: float | None = None, method: str | None = None):
         self.config = config
@@ -208,6 +214,7 @@ class Coach:
             history.eval_losses.append(value)
             history.eval_epochs.append(_num(_get(point, "epoch")))
             self._check_overfitting(new)
+            self._check_noisy_batches(new)
             return new
         value = _num(_get(point, "loss"))
         if value is None:
@@ -232,6 +239,34 @@ class Coach:
             if _get(point, "kind", "train") in ("train", "eval"):
                 self.update(point)
         return self.advice
+
+    def finish(self) -> list[Advice]:
+        """Call once when the run has finished: the "all is well" note when no warning fired and the held-out
+        loss improved (empty otherwise)."""
+        new: list[Advice] = []
+        if any(advice.severity != "info" for advice in self.fired.values()):
+            return new
+        history = self._history
+        improved = self._eval_improvement()
+        if improved is None:
+            return new
+        first, last = history.eval_losses[0], history.eval_losses[-1]
+        first_step, last_step = history.eval_steps[0], history.eval_steps[-1]
+        noted = [advice.title.lower() for advice in self.fired.values()]
+        self._fire(new, Advice(
+            rule="all_is_well",
+            title="All is well",
+            sentence=(f"The held-out loss fell from {fmt(first)} at step {first_step} to {fmt(last)} at step "
+                      f"{last_step} ({improved:+.0%}) and the training curve showed no warning sign"
+                      + (f" (only: {'; '.join(noted)})" if noted else "") + "; the model learned from the data."),
+            evidence={"first_eval_step": first_step, "first_eval_loss": first, "last_eval_step": last_step,
+                      "last_eval_loss": last, "relative_change": -improved},
+            suggestion={},
+            action="Nothing to change",
+            step=last_step,
+            severity="info",
+        ))
+        return new
 
     # -- helpers -------------------------------------------------------------------------------
     @property
@@ -270,6 +305,8 @@ class Coach:
     # -- rules ---------------------------------------------------------------------------------
     def _nan_advice(self, step: int, value: float, what: str) -> Advice:
         precision = self._setting("training", "precision", "auto")
+        if step == 0 and not self._history.losses:
+            return self._base_model_nan_advice(value, what, precision)
         new_lr = self._lower_lr(10)
         suggestion: dict[str, Any] = {"training.learning_rate": new_lr}
         extra = ""
@@ -292,6 +329,32 @@ class Coach:
             severity="error",
         )
 
+    def _base_model_nan_advice(self, value: float, what: str, precision: str) -> Advice:
+        """NaN before any training step: the learning rate played no part; the weights or the precision did."""
+        suggestion: dict[str, Any] = {} if precision == "fp32" else {"training.precision": "fp32"}
+        return Advice(
+            rule="nan_loss",
+            title="The base model gives no usable loss",
+            sentence=(f"The untouched base model's {what} is already {value} at step 0, before any training, so "
+                      f"the learning rate is not the cause: the model's numbers overflow in this precision "
+                      f"({precision}) or its weights are broken; train in fp32 (or bf16), and check that the model "
+                      f"loads and answers on the Model page."),
+            evidence={"step": 0, "value": str(value), "what": what, "precision": precision},
+            suggestion=suggestion,
+            action="Train in fp32" if suggestion else "Check the model",
+            step=0,
+            severity="error",
+        )
+
+    def _eval_improvement(self) -> float | None:
+        """Relative change of the held-out loss from its first to its last value when it improved by at least
+        ``eval_improved`` (negative, e.g. -0.12), else None."""
+        evals = self._history.eval_losses
+        if len(evals) < 2 or evals[0] <= 0:
+            return None
+        change = (evals[-1] - evals[0]) / evals[0]
+        return change if change <= -self.eval_improved else None
+
     def _lr_too_high_advice(self, step: int, what: str, evidence: dict) -> Advice:
         new_lr = self._lower_lr(10)
         return Advice(
@@ -311,6 +374,8 @@ class Coach:
         losses, steps = history.losses, history.steps
         if len(losses) < 5 or not self._is_early(steps[-1]):
             return
+        if self._eval_improvement() is not None:
+            return  # the held-out loss falls: a rising or jumpy training loss is batch noise (noisy_batches)
         start = statistics.median(losses[:3])
         recent = statistics.median(losses[-3:])
         if recent > 1.5 * start:
@@ -338,6 +403,8 @@ class Coach:
         losses, steps = history.losses, history.steps
         if len(losses) < 8 or "lr_too_high" in self.fired:
             return  # early blow-ups are reported (with the same remedy) as "learning rate too high"
+        if self._eval_improvement() is not None:
+            return  # the model gets better on held-out data: not diverging
         start = statistics.median(losses[:3])
         best = min(_smooth(losses))
         recent = statistics.median(losses[-5:])
@@ -494,6 +561,40 @@ class Coach:
             step=last_step,
         ))
 
+    def _check_noisy_batches(self, new: list[Advice]) -> None:
+        """Training loss rising while the held-out loss falls: on small batches each step's loss depends on
+        which few examples it drew; the held-out loss (the same examples every time) is the number to trust."""
+        history = self._history
+        losses, steps = history.losses, history.steps
+        improvement = self._eval_improvement()
+        if improvement is None or len(losses) < 4:
+            return
+        start = statistics.median(losses[:3])
+        recent = statistics.median(losses[-3:])
+        if recent <= self.noisy_rise * start:
+            return
+        batch = int(self._setting("training", "batch_size", 0) or 0)
+        accumulation = int(self._setting("training", "gradient_accumulation", 1) or 1)
+        per_step = batch * accumulation
+        examples = f"only {per_step} examples" if per_step else "only a few examples"
+        evals = history.eval_losses
+        self._fire(new, Advice(
+            rule="noisy_batches",
+            title="Trust the held-out loss: it improved",
+            sentence=(f"The training loss rose from {fmt(start)} to {fmt(recent)} (steps {steps[0]}-{steps[-1]}) "
+                      f"while the held-out loss fell from {fmt(evals[0])} at step {history.eval_steps[0]} to "
+                      f"{fmt(evals[-1])} at step {history.eval_steps[-1]} ({improvement:.0%}); each training step "
+                      f"sees {examples}, so its loss is noisy and depends on which examples it drew, while the "
+                      f"held-out loss is measured on the same examples every time: it is the number to trust, "
+                      f"and it says training works."),
+            evidence={"start_loss": start, "recent_loss": recent, "first_eval_loss": evals[0],
+                      "last_eval_loss": evals[-1], "examples_per_step": per_step or None},
+            suggestion={},
+            action="Nothing to change",
+            step=max(steps[-1], history.eval_steps[-1]),
+            severity="info",
+        ))
+
     def _train_loss_near(self, step: int) -> float | None:
         """Median of the training losses logged up to ``step`` (the last five), None without any."""
         history = self._history
@@ -553,6 +654,33 @@ class Coach:
                 action=f"Raise the learning rate to {fmt(new_lr)}",
                 step=steps[-1],
             ))
+
+
+class CoachSink:
+    """A metrics sink that runs a ``Coach`` on the run's points and hands each new ``Advice`` to the
+    ``targets``' optional ``on_advice`` (core.metrics.emit_advice): the JSONL sink records it as a
+    ``{"kind": "coach"}`` line, the console sink prints it. ``core.training`` adds one to every run, so the
+    CLI and the GUI get the same notes."""
+
+    def __init__(self, coach: Coach, targets: Iterable[Any]):
+        self.coach = coach
+        self.targets = list(targets)
+
+    def on_metric(self, point: Any) -> None:
+        self._announce(self.coach.update(point))
+
+    def on_status(self, event: Any) -> None:
+        pass
+
+    def finish(self) -> None:
+        """The run finished: announce the closing note (``Coach.finish``)."""
+        self._announce(self.coach.finish())
+
+    def _announce(self, advice: list[Advice]) -> None:
+        from core.metrics import emit_advice
+
+        for item in advice:
+            emit_advice(self.targets, item)
 
 
 def apply_suggestion(config: Any, advice: Advice) -> Any:

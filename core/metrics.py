@@ -98,6 +98,20 @@ def emit_probe(sinks, result: ProbeResult) -> None:
             on_probe(result)
 
 
+def emit_advice(sinks, advice: Any) -> None:
+    """Hand a coach ``Advice`` (core.coach) to every sink that has an ``on_advice`` method (it is optional)."""
+    for sink in sinks:
+        on_advice = getattr(sink, "on_advice", None)
+        if callable(on_advice):
+            on_advice(advice)
+
+
+def advice_record(advice: Any) -> dict:
+    """A coach ``Advice`` as a metrics.jsonl line: ``{"kind": "coach", "rule", "title", "sentence", ...}``."""
+    fields = dataclasses.asdict(advice) if dataclasses.is_dataclass(advice) else dict(advice)
+    return {"kind": "coach", **{key: _json_safe(value) for key, value in fields.items()}, "time": time.time()}
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # "nan", "inf": json.dumps would write invalid JSON tokens
@@ -136,6 +150,9 @@ class JsonlSink:
 
     def on_probe(self, result: ProbeResult) -> None:
         self._write(result.to_dict())
+
+    def on_advice(self, advice: Any) -> None:
+        self._write(advice_record(advice))
 
 
 def format_duration(seconds: float | None) -> str:
@@ -210,6 +227,13 @@ class ConsoleSink:
                           f"{_one_line(result.prompt, 40)} -> {_one_line(result.answer, 80)}\n")
         self.stream.flush()
 
+    def on_advice(self, advice: Any) -> None:
+        if self._line_open:
+            self.stream.write("\n")
+            self._line_open = False
+        self.stream.write(f"coach @ step {advice.step}: {advice.title}. {advice.sentence}\n")
+        self.stream.flush()
+
 
 def _one_line(text: str, limit: int) -> str:
     """``text`` on one line, cut to ``limit`` characters with an ellipsis (repr-quoted so blanks show)."""
@@ -224,10 +248,12 @@ class CallbackSink:
 
     def __init__(self, on_metric: Callable[[MetricPoint], None] | None = None,
                  on_status: Callable[[StatusEvent], None] | None = None,
-                 on_probe: Callable[[ProbeResult], None] | None = None):
+                 on_probe: Callable[[ProbeResult], None] | None = None,
+                 on_advice: Callable[[Any], None] | None = None):
         self._on_metric = on_metric
         self._on_status = on_status
         self._on_probe = on_probe
+        self._on_advice = on_advice
 
     def on_metric(self, point: MetricPoint) -> None:
         if self._on_metric is not None:
@@ -240,3 +266,7 @@ class CallbackSink:
     def on_probe(self, result: ProbeResult) -> None:
         if self._on_probe is not None:
             self._on_probe(result)
+
+    def on_advice(self, advice: Any) -> None:
+        if self._on_advice is not None:
+            self._on_advice(advice)

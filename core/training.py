@@ -652,6 +652,18 @@ def _remove_incomplete_checkpoints(run_dir: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
+def _coach_sink(cfg: RunConfig, run_dir: Path, targets: Sequence[MetricsSink], *, resuming: bool) -> Any:
+    """The coach (core.coach) as a sink: its notes reach the other sinks as they fire (printed by the CLI,
+    recorded in metrics.jsonl as ``{"kind": "coach"}`` lines). A resumed run's coach first reads the points
+    so far, so it neither repeats an earlier note nor loses the history its rules look at."""
+    from core.coach import Coach, CoachSink
+
+    coach = Coach(cfg)
+    if resuming:
+        coach.review(runs.read_metrics(run_dir))
+    return CoachSink(coach, list(targets))
+
+
 def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: StopToken | None,
          extra_callbacks: Sequence[Any], resume_from: Path | None, prior_elapsed: float = 0.0,
          probes: _ProbeSettings | None = None) -> RunResult:
@@ -659,9 +671,15 @@ def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: S
 
     # Ranks other than 0 report nothing: rank 0 speaks for the run (one metrics.jsonl, one console line).
     all_sinks: list[MetricsSink] = [JsonlSink(run_dir / runs.METRICS_FILE), *sinks] if _is_main_process() else []
+    coach = _coach_sink(cfg, run_dir, all_sinks, resuming=resume_from is not None) if all_sinks else None
+    if coach is not None:
+        all_sinks.append(coach)
     probes = probes or _ProbeSettings([], None, DEFAULT_PROBE_TOKENS)
     try:
-        return _train_steps(cfg, run_dir, all_sinks, stop, extra_callbacks, resume_from, prior_elapsed, probes)
+        result = _train_steps(cfg, run_dir, all_sinks, stop, extra_callbacks, resume_from, prior_elapsed, probes)
+        if coach is not None and result.state == "finished":
+            coach.finish()
+        return result
     except Cancelled as exc:
         # Stopped before training began (tokenizing, loading): nothing to save.
         message = f"stopped before training started ({exc})"

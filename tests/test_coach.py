@@ -178,6 +178,74 @@ def test_each_rule_fires_at_most_once_and_apply_suggestion():
     assert patched.training.learning_rate == 2e-4 and cfg.training.learning_rate == 1e-1
 
 
+def test_rising_train_loss_with_falling_held_out_loss_says_trust_the_held_out_loss():
+    """The case of a 10-step quick look on batches of 4: the train loss climbs 0.8 -> ~3 while the held-out
+    loss improves 3.29 -> 2.91. Not a learning-rate problem: the coach says which number to trust."""
+    losses = [0.8, 2.9, 1.6, 3.4, 2.2, 3.0, 2.6, 3.3, 2.8, 3.1]
+    coach = Coach(config(lr=3e-4, batch_size=4, gradient_accumulation=1))
+    fired = coach.update(MetricPoint(kind="eval", step=0, total_steps=10, eval_loss=3.29))
+    fired += feed(coach, losses, evals={5: 3.05, 10: 2.91})
+    assert rules(fired) == ["noisy_batches"]
+    advice = fired[0]
+    assert advice.severity == "info" and advice.suggestion == {}
+    assert "held-out loss" in advice.sentence and "the number to trust" in advice.sentence
+    assert "only 4 examples" in advice.sentence and "fell from 3.29 at step 0 to 3.05 at step 5" in advice.sentence
+    assert rules(coach.finish()) == ["all_is_well"]  # an info note is no warning sign
+
+
+def test_all_is_well_only_when_nothing_fired_and_held_out_loss_improved():
+    coach = Coach(config())
+    coach.update(MetricPoint(kind="eval", step=0, eval_loss=2.0))
+    feed(coach, healthy(0, n=60), evals={30: 1.8, 60: 1.6})
+    [note] = coach.finish()
+    assert note.rule == "all_is_well" and note.severity == "info" and note.step == 60
+    assert "2 at step 0 to 1.6 at step 60 (-20%)" in note.sentence
+    assert coach.finish() == []  # once
+    flat = Coach(config())
+    flat.update(MetricPoint(kind="eval", step=0, eval_loss=2.0))
+    feed(flat, healthy(1, n=60), evals={60: 1.995})
+    assert flat.finish() == []  # held-out loss did not really improve
+    warned = Coach(config(lr=1e-1))
+    warned.update(MetricPoint(kind="eval", step=0, eval_loss=3.0))
+    feed(warned, [3.0, 4.1, 6.5, 5.2, 9.8, 7.1, 12.5, 8.0], evals={8: 2.9})
+    assert "lr_too_high" in warned.fired and warned.finish() == []
+
+
+def test_nan_in_the_untouched_models_step_0_eval_blames_precision_or_weights_not_learning_rate():
+    coach = Coach(config(precision="fp16"))
+    [advice] = coach.update(MetricPoint(kind="eval", step=0, eval_loss=float("nan")))
+    assert advice.rule == "nan_loss" and advice.step == 0
+    assert "learning_rate" not in str(advice.suggestion) and advice.suggestion == {"training.precision": "fp32"}
+    assert "not the cause" in advice.sentence and "Lower" not in advice.action
+    assert "lower the learning rate" not in advice.sentence.lower()
+
+
+def test_coach_sink_announces_each_note_once_and_jsonl_records_it(tmp_path):
+    import io
+
+    from core.coach import CoachSink
+    from core.metrics import ConsoleSink, JsonlSink
+    from core.runs import read_metrics
+
+    stream = io.StringIO()
+    jsonl = JsonlSink(tmp_path / "metrics.jsonl")
+    sink = CoachSink(Coach(config(lr=1e-1)), [jsonl, ConsoleSink(stream)])
+    losses = [3.0, 4.1, 6.5, 5.2, 9.8, 7.1, 12.5, 8.0]
+    for step, loss in enumerate(losses, start=1):
+        point = MetricPoint(kind="train", step=step, total_steps=100, loss=loss, learning_rate=1e-1)
+        jsonl.on_metric(point)
+        sink.on_metric(point)
+    sink.finish()
+    notes = [r for r in read_metrics(tmp_path) if r.get("kind") == "coach"]
+    assert [r["rule"] for r in notes] == ["lr_too_high"] and notes[0]["step"] == 5
+    assert notes[0]["suggestion"] == {"training.learning_rate": 2e-4} and notes[0]["title"]
+    assert stream.getvalue().count("coach @ step 5: Learning rate likely too high.") == 1
+    # A resumed run's coach reads the run so far first: the same note is not announced again.
+    resumed = Coach(config(lr=1e-1))
+    resumed.review(read_metrics(tmp_path))
+    assert resumed.update(MetricPoint(kind="train", step=9, loss=13.0)) == []
+
+
 def test_helpers():
     assert nice_number(2.37e-4) == 2e-4
     assert _zigzag_reversals([0, 1, 0, 1, 0], 0.5) == [(1, 1), (2, 0), (3, 1)]

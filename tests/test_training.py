@@ -244,7 +244,7 @@ def test_lora_run_folder_metrics_and_plain_peft_loading(cfg, tmp_path):
                 "elapsed_seconds", "epoch"):
         assert last[key] is not None and last[key] > 0, key
     assert last["eta_seconds"] == 0
-    assert [p.kind for p in points] == [r["kind"] for r in records if r["kind"] != "status"]
+    assert [p.kind for p in points] == [r["kind"] for r in records if r["kind"] in ("train", "eval")]
     assert events[-1].state == "finished"
     assert result.best_eval_loss == min(r["eval_loss"] for r in evals[1:])
 
@@ -512,6 +512,29 @@ def test_cli_train_probes(cfg, tmp_path, capsys):
     assert "probe 1 @ step 0:" in err and "probe 2 @ step 4:" in err
     assert main(["train", "--config", str(config), "--probe-every", "2"]) == 2
     assert "needs at least one --probe" in capsys.readouterr().err
+
+
+def test_cli_prints_and_records_the_coach_on_a_forced_divergence(cfg, tmp_path, capsys):
+    """The coach runs headless: a learning rate far too high (1.0, full fine-tuning, no clipping) makes the
+    CLI print "learning rate too high" within 20 steps, and the note is a {"kind": "coach"} line of
+    metrics.jsonl, once."""
+    from core.cli import main
+
+    cfg.method.method = "full"
+    t = cfg.training
+    t.learning_rate, t.max_grad_norm, t.logging_steps = 1.0, 0.0, 1
+    t.max_steps, t.eval_steps, t.save_steps = 8, 8, 8
+    config = tmp_path / "run.yaml"
+    cfg.save(config)
+    assert main(["train", "--config", str(config), "--output", str(tmp_path / "ws"), "--name", "diverged"]) == 0
+    err = capsys.readouterr().err
+    printed = [line for line in err.splitlines() if line.startswith("coach @ step")]
+    assert any("Learning rate likely too high" in line for line in printed), err
+    notes = [r for r in read_metrics(tmp_path / "ws" / "diverged") if r.get("kind") == "coach"]
+    too_high = [r for r in notes if r["rule"] == "lr_too_high"]
+    assert len(too_high) == 1 and too_high[0]["step"] <= 20 and too_high[0]["severity"] == "error"
+    assert too_high[0]["suggestion"] == {"training.learning_rate": 2e-5}
+    assert "all_is_well" not in {r["rule"] for r in notes}
 
 
 # --------------------------------------------------------------------------------------------- multi-process
