@@ -25,6 +25,7 @@ from pathlib import Path
 from core.cancel import ProgressFn, StopToken
 from core.config import DataConfig, GenerationConfig, RunConfig, atomic_write_text
 from core.errors import DataError, ModelError
+from core.jsonl import to_jsonl
 
 SCORE_NAMES = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match")
 DEFAULT_N = 20
@@ -354,7 +355,7 @@ def write_evaluation(report: EvaluationReport, cfg: RunConfig, metrics: list[dic
     """Write comparison.jsonl / .csv, metrics.json and report.html into ``report.output_dir``."""
     out = report.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    jsonl = "".join(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in report.rows)
+    jsonl = to_jsonl(asdict(row) for row in report.rows)
     buffer = io.StringIO()
     columns = list(ComparisonRow(0, "", "", "", "", *({k: 0.0 for k in SCORE_NAMES},) * 3).flat())
     writer = csv.DictWriter(buffer, fieldnames=columns)

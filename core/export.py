@@ -25,6 +25,7 @@ from pathlib import Path
 from core.cancel import ProgressFn
 from core.config import RunConfig, atomic_write_text
 from core.errors import ModelError
+from core.jsonl import to_jsonl
 from core.paths import chmod_like_new
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -451,13 +452,12 @@ def export_script(run_dir, out_path, *, progress: ProgressFn | None = None) -> P
     _report(progress, 0.1, "preparing the data as the run did")
     tokenizer = load_tokenizer(cfg.model)
     prepared = prepare_dataset(cfg.data, tokenizer, cfg.training.max_length)
-    lines = []
+    examples = []
     for split, records in (("train", prepared.train_records), ("test", prepared.test_records or [])):
         for record in records:
             segments = render_segments(record, cfg.data, tokenizer)
-            lines.append(json.dumps({"split": split, "segments": [{"text": s.text, "trained": s.trained}
-                                                                  for s in segments]}, ensure_ascii=False))
-    atomic_write_text(data_path, "\n".join(lines) + "\n")
+            examples.append({"split": split, "segments": [{"text": s.text, "trained": s.trained} for s in segments]})
+    atomic_write_text(data_path, to_jsonl(examples))
     shutil.copy2(run_dir / "config.yaml", config_path)
 
     _report(progress, 0.6, "collecting the training arguments")

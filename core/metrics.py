@@ -9,7 +9,6 @@ Qt signals). This module never imports torch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import threading
@@ -18,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
+
+from core.jsonl import write_record
 
 STATES = ("running", "stopped", "finished", "failed", "interrupted")
 
@@ -137,10 +138,8 @@ class JsonlSink:
                     handle.write(b"\n")
 
     def _write(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False)
         with self._lock, open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
+            write_record(handle, record)
 
     def on_metric(self, point: MetricPoint) -> None:
         self._write(point.to_dict())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import RunConfig, atomic_write_text
+from core.jsonl import read_objects
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -135,24 +136,8 @@ def write_status(run_dir: str | os.PathLike, **fields) -> dict:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """Every object in metrics.jsonl, skipping a torn (half-written) line."""
-    path = Path(run_dir) / METRICS_FILE
-    records: list[dict] = []
-    try:
-        handle = open(path, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return records
-    with handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            if isinstance(record, dict):
-                records.append(record)
-    return records
+    # skip_invalid: a line cut short by a kill must not hide the rest of the run's curves.
+    return read_objects(Path(run_dir) / METRICS_FILE, skip_invalid=True)
 
 
 def read_probes(run_dir: str | os.PathLike) -> list[dict]:

