@@ -18,15 +18,29 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.cancel import StopToken
-from core.config import GenerationConfig, ModelConfig, RunConfig
+from core.config import DataConfig, GenerationConfig, ModelConfig, RunConfig
 from core.errors import ModelError
 
 STOPPED_BY = ("eos", "max_tokens", "stop_string", "cancelled")
+
+
+def stop_reason(stopped_by: str, max_new_tokens: int | None = None) -> str:
+    """Why an answer ended, in words (``GenerationResult.stopped_by`` is a code)."""
+    if stopped_by == "eos":
+        return "finished: the model ended its answer (end-of-text token)"
+    if stopped_by == "max_tokens":
+        limit = f"the {max_new_tokens}-token limit" if max_new_tokens else "the max-new-tokens limit"
+        return f"cut off at {limit}"
+    if stopped_by == "stop_string":
+        return "stopped at a stop string"
+    if stopped_by == "cancelled":
+        return "stopped before the end"
+    return f"ended ({stopped_by})" if stopped_by else ""
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -40,6 +54,7 @@ class GenerationResult:
     first_token_seconds: float | None  # time to first token (None when no token came)
     stopped_by: str  # "eos" | "max_tokens" | "stop_string" | "cancelled"
     prompt: str = ""
+    token_ids: list[int] = field(default_factory=list)  # the new tokens (what "continue" passes back)
 
     @property
     def tokens_per_second(self) -> float:
@@ -240,12 +255,16 @@ class _TokenStreamer:
     cut before it and ``stop_string_hit`` makes the stopping criterion end generation.
     """
 
-    def __init__(self, tokenizer, stop_strings: Sequence[str], on_piece: Callable[[str], None]):
+    def __init__(self, tokenizer, stop_strings: Sequence[str], on_piece: Callable[[str], None],
+                 prefix_ids: Sequence[int] = ()):
         self.tokenizer = tokenizer
         self.stop_strings = [s for s in stop_strings if s]
         self.on_piece = on_piece
-        self.ids: list[int] = []
-        self.emitted = ""
+        # prefix_ids: an answer being continued. Decoding it together with the new tokens keeps the
+        # space (or character) at the join right; only what comes after it is emitted.
+        self.ids: list[int] = list(prefix_ids)
+        self._prefix = tokenizer.decode(self.ids, skip_special_tokens=True) if self.ids else ""
+        self.emitted = self._prefix
         self.final_text: str | None = None  # set when a stop string cut the text
         self.stop_string_hit = False
         self.first_token_time: float | None = None
@@ -266,7 +285,7 @@ class _TokenStreamer:
         self.ids.extend(int(t) for t in value.tolist())
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         for stop in self.stop_strings:
-            where = text.find(stop)
+            where = text.find(stop, len(self._prefix))
             if where != -1:
                 self.stop_string_hit = True
                 self.final_text = text[:where]
@@ -302,7 +321,8 @@ class _TokenStreamer:
 
     @property
     def text(self) -> str:
-        return self.final_text if self.final_text is not None else self.emitted
+        full = self.final_text if self.final_text is not None else self.emitted
+        return full[len(self._prefix):]
 
 
 def _stopping_criterion(streamer: _TokenStreamer, stop: StopToken | None):
@@ -420,28 +440,33 @@ class ModelSession:
                 yield self.model
 
     # -- prompts ----------------------------------------------------------------------------------
-    def build_prompt(self, prompt_or_messages: str | dict | Sequence[dict], *,
-                     raw: bool = False) -> tuple[str, list[int]]:
+    def build_prompt(self, prompt_or_messages: str | dict | Sequence[dict], *, raw: bool = False,
+                     prompt_format: DataConfig | None = None) -> tuple[str, list[int]]:
         """(prompt text, its token ids), tokenized exactly as training tokenized prompts.
 
         For a run, a question string, a record dict or a list of ``{"role", "content"}`` messages
         (multi-turn) is written in the run's template (which is the model's chat template when the
-        run used ``chat``): the fine-tuned model learned that format. For a plain model (or with
-        ``raw=True``) a string is used as it is and messages go through the tokenizer's chat template.
+        run used ``chat``): the fine-tuned model learned that format. ``prompt_format`` (a data
+        config) writes it in that config's template instead: a plain model then answers exactly as
+        a run's base side does (the Chat page passes the current config when no run is chosen). For
+        a plain model without it (or with ``raw=True``) a string is used as it is and messages go
+        through the tokenizer's chat template.
         """
+        data_cfg = prompt_format if prompt_format is not None else (
+            self.run_config.data if self.run_config is not None else None)
         if isinstance(prompt_or_messages, (list, tuple)):
             messages = _check_messages(prompt_or_messages)
-            if self.run_config is not None:
+            if data_cfg is not None:
                 # A closing empty assistant turn makes the template end with "answer here".
                 record = {"messages": messages + [{"role": "assistant", "content": ""}]}
-                return self._run_prompt(record)
+                return self._run_prompt(record, data_cfg)
             if getattr(self.tokenizer, "chat_template", None):
                 text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
                 return text, self._encode(text, special=False)
             text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
             return text, self._encode(text, special=True)
-        if self.run_config is not None and not raw:
-            return self._run_prompt(prompt_or_messages)
+        if data_cfg is not None and not raw:
+            return self._run_prompt(prompt_or_messages, data_cfg)
         if isinstance(prompt_or_messages, dict):
             prompt_or_messages = str(prompt_or_messages.get("question", ""))
         return str(prompt_or_messages), self._encode(str(prompt_or_messages), special=True)
@@ -449,12 +474,12 @@ class ModelSession:
     def _encode(self, text: str, *, special: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
-    def _run_prompt(self, record_or_question) -> tuple[str, list[int]]:
+    def _run_prompt(self, record_or_question, data_cfg: DataConfig) -> tuple[str, list[int]]:
         from core.data import Segment, render_segments, tokenize_segments
 
         record = ({"question": record_or_question, "answer": ""} if isinstance(record_or_question, str)
                   else record_or_question)
-        segments = render_segments(record, self.run_config.data, self.tokenizer, include_answer=False)
+        segments = render_segments(record, data_cfg, self.tokenizer, include_answer=False)
         # Same tokenization as training (segment by segment, BOS rule), nothing marked as trained so
         # no EOS is appended.
         example = tokenize_segments([Segment(s.text, False) for s in segments], self.tokenizer, 10**9)
@@ -463,25 +488,34 @@ class ModelSession:
     # -- generation -------------------------------------------------------------------------------
     def generate(self, prompt_or_messages, gen_cfg: GenerationConfig | None = None, *, use_adapter: bool = True,
                  on_token: Callable[[str], None] | None = None, stop: StopToken | None = None,
-                 raw: bool = False) -> GenerationResult:
+                 raw: bool = False, prompt_format: DataConfig | None = None,
+                 continue_text: str = "", continue_ids: Sequence[int] | None = None) -> GenerationResult:
         """Answer a question / message list; ``on_token(piece)`` is called for each new piece of text.
 
         Stops on EOS, a stop string (not included in the text), ``max_new_tokens`` or ``stop``
         (``stopped_by="cancelled"``, returns after at most one more token). The prompt is not part
-        of ``text``; the pieces passed to ``on_token`` join to exactly ``text``.
+        of ``text``; the pieces passed to ``on_token`` join to exactly ``text``. ``prompt_format``: see
+        ``build_prompt``. ``continue_text``: an earlier answer to this prompt that hit the token limit;
+        the model goes on after it and ``text`` holds only the new part (``max_new_tokens`` more).
+        ``continue_ids``: that answer's ``token_ids`` (exact; the text is re-tokenized when missing).
         """
         import torch
 
         gen_cfg = gen_cfg or (self.run_config.generation if self.run_config else GenerationConfig())
         started = time.perf_counter()
-        prompt, prompt_ids = self.build_prompt(prompt_or_messages, raw=raw)
+        prompt, prompt_ids = self.build_prompt(prompt_or_messages, raw=raw, prompt_format=prompt_format)
         if not prompt_ids:
             raise ValueError("the prompt is empty")
+        # The answer's own tokens, not its re-tokenized text: the continuation then is exactly what a
+        # longer answer would have said.
+        answer_ids = ([int(t) for t in continue_ids] if continue_ids
+                      else self._encode(continue_text, special=False) if continue_text else [])
         with self.model_for(use_adapter) as model:
             device = next(model.parameters()).device
-            input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+            input_ids = torch.tensor([prompt_ids + answer_ids], dtype=torch.long, device=device)
             attention_mask = torch.ones_like(input_ids)  # one unpadded sequence: every token is real
-            streamer = _TokenStreamer(self.tokenizer, gen_cfg.stop_strings or [], on_token or (lambda piece: None))
+            streamer = _TokenStreamer(self.tokenizer, gen_cfg.stop_strings or [], on_token or (lambda piece: None),
+                                      prefix_ids=answer_ids)
             kwargs = _generation_kwargs(gen_cfg, self.tokenizer, model)
             if gen_cfg.do_sample:
                 torch.manual_seed(gen_cfg.seed)  # under the lock: a sampled answer is reproducible
@@ -496,7 +530,7 @@ class ModelSession:
                     **kwargs,
                 )
         seconds = time.perf_counter() - started
-        new_ids = output[0, input_ids.shape[1]:].tolist()
+        new_ids = [int(t) for t in output[0, input_ids.shape[1]:].tolist()]
         eos_ids = set(kwargs.get("eos_token_id") or [])
         if stop is not None and stop.is_set:
             stopped_by = "cancelled"
@@ -509,7 +543,7 @@ class ModelSession:
         n_tokens = len(new_ids)  # one sequence: generate() adds no padding after EOS
         first = streamer.first_token_time - started if streamer.first_token_time is not None else None
         return GenerationResult(text=streamer.text, n_tokens=n_tokens, seconds=seconds,
-                                first_token_seconds=first, stopped_by=stopped_by, prompt=prompt)
+                                first_token_seconds=first, stopped_by=stopped_by, prompt=prompt, token_ids=new_ids)
 
     def stream(self, prompt_or_messages, gen_cfg: GenerationConfig | None = None, *, use_adapter: bool = True,
                stop: StopToken | None = None, raw: bool = False) -> GenerationStream:

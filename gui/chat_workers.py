@@ -59,6 +59,11 @@ class ChatRequest:
     messages: tuple  # ({"role": ..., "content": ...}, ...) the conversation so far, user turn last
     gen_cfg: Any  # core.config.GenerationConfig (a private copy)
     stop: StopToken = field(compare=False)
+    # core.config.DataConfig whose template writes the prompt (None: the run's own). The Chat page sets
+    # it for a plain base model, so its answer matches the base side of a run made from that config.
+    prompt_format: Any = None
+    continue_text: str = ""  # "Continue": the answer so far; the model goes on after it
+    continue_ids: tuple = ()  # ... and its tokens (GenerationResult.token_ids), so nothing is re-tokenized
 
 
 @dataclass(frozen=True)
@@ -164,9 +169,12 @@ class ChatWorker(QObject):
                 pieces.append(text)
                 self.tokenArrived.emit(TokenChunk(request.generation_id, request.side, text))
 
+            extra = {"prompt_format": request.prompt_format} if request.prompt_format is not None else {}
+            if request.continue_text:
+                extra.update(continue_text=request.continue_text, continue_ids=list(request.continue_ids))
             result = self._session.generate(
                 list(request.messages), request.gen_cfg, use_adapter=request.use_adapter,
-                on_token=on_token, stop=request.stop,
+                on_token=on_token, stop=request.stop, **extra,
             )
             text = getattr(result, "text", "".join(pieces))
             self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, text=text, result=result,

@@ -191,3 +191,29 @@ def test_bundled_model_chat_stops_at_end_of_turn():
     assert result.stopped_by == "eos" and "<|im_end|>" not in result.text
     assert "".join(pieces) == result.text
     assert result.tokens_per_second > 0 and result.first_token_seconds < result.seconds
+
+
+def test_plain_model_with_the_runs_prompt_format_answers_as_the_runs_base_side(session, tiny_model_dir):
+    from core.generation import ModelSession
+
+    plain = ModelSession(str(tiny_model_dir), device="cpu")
+    messages = [{"role": "user", "content": "Who wrote Hamlet?"}]
+    # Without a format a plain model uses its chat template: another prompt, another answer.
+    assert plain.build_prompt(messages)[0] != session.build_prompt(messages)[0]
+    fmt = session.run_config.data
+    assert plain.build_prompt(messages, prompt_format=fmt) == session.build_prompt(messages)
+    expected = session.generate(messages, greedy(10), use_adapter=False)
+    got = plain.generate(messages, greedy(10), prompt_format=fmt)
+    assert got.prompt == expected.prompt and got.text == expected.text
+
+
+def test_continue_text_carries_on_the_same_answer(session):
+    whole = session.generate("Which planet is red?", greedy(10))
+    start = session.generate("Which planet is red?", greedy(4))
+    assert start.stopped_by == "max_tokens" and whole.text.startswith(start.text)
+    pieces = []
+    rest = session.generate("Which planet is red?", greedy(6), continue_text=start.text, continue_ids=start.token_ids,
+                            on_token=pieces.append)
+    assert start.token_ids + rest.token_ids == whole.token_ids
+    assert start.text + rest.text == whole.text
+    assert "".join(pieces) == rest.text and rest.n_tokens <= 6

@@ -177,3 +177,54 @@ def test_model_text_is_plain_text(qtbot, chat_page):
     pane = page.panes["base"]
     pane.add_text("<b>not bold</b> &amp;")
     assert "<b>not bold</b> &amp;" in pane.text()
+
+
+def test_base_answer_is_the_same_with_or_without_a_run(qtbot, chat_page):
+    """The base side of a run and the plain base model get the same prompt, so greedy answers match.
+
+    They used to differ: with a run, the prompt was written in the run's template (classic:
+    "### Question: …"); without one, in the tokenizer's chat template.
+    """
+    page = chat_page
+    assert page.run_combo.currentData() is not None
+    page.sample_check.setChecked(False)
+    page.send("What is the capital of France?")
+    _wait_idle(qtbot, page)
+    with_run = page._turns[-1].answers["base"]
+    assert with_run
+    page.new_conversation()
+    page.run_combo.setCurrentIndex(0)  # (none: base model only)
+    assert page.run_combo.currentData() is None
+    assert "'classic' template" in page.panes["base"].subtitle.text()
+    page.send("What is the capital of France?")
+    _wait_idle(qtbot, page)
+    assert page._turns[-1].answers["base"] == with_run
+    assert page._turns[-1].notes.get("tuned") == "no run"
+
+
+def test_answer_cut_by_the_limit_says_so_and_continues(qtbot, chat_page):
+    from core.config import GenerationConfig
+    from core.generation import ModelSession
+
+    page = chat_page
+    page.max_tokens_spin.setValue(4)
+    page.send("Who wrote Hamlet?")
+    _wait_idle(qtbot, page)
+    pane = page.panes["tuned"]
+    first = page._turns[-1].answers["tuned"]
+    assert page.timings["tuned"] and "cut off at the 4-token limit" in pane.status.text()
+    assert not pane.limit_bar.isHidden() and "all 4 new tokens" in pane.limit_label.text()
+    assert pane.continue_button.isEnabled()
+    pane.continue_button.click()
+    assert page.is_busy
+    _wait_idle(qtbot, page)
+    continued = page._turns[-1].answers["tuned"]
+    assert continued.startswith(first) and len(continued) > len(first)
+    assert len(page._turns) == 1 and pane.text().endswith(continued)
+    # The continuation is what one longer greedy answer would have said.
+    session = ModelSession(page.run_combo.currentData(), device="cpu")
+    longer = session.generate([{"role": "user", "content": "Who wrote Hamlet?"}],
+                              GenerationConfig(**{**vars(page.generation_config()), "max_new_tokens": 8}))
+    assert continued == longer.text
+    page.raise_limit()
+    assert page.max_tokens_spin.value() == 8

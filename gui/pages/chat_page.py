@@ -8,9 +8,11 @@ plain text only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal, Slot
@@ -38,6 +40,7 @@ from PySide6.QtWidgets import (
 
 from core.cancel import StopToken
 from core.config import GenerationConfig, field_meta
+from core.generation import stop_reason
 from gui.chat_workers import ChatAnswer, ChatPaneThread, ChatRequest, ChatStatus, SharedSessions, TokenChunk
 from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
@@ -81,9 +84,34 @@ class _Pane(QFrame):
         self.status = QLabel("Idle")
         self.status.setTextFormat(Qt.TextFormat.PlainText)
         self.status.setStyleSheet("color: palette(mid);")
+        self.status.setWordWrap(True)
+        # Shown when an answer was cut off by the max-new-tokens limit: say so, offer to go on.
+        self.limit_bar = QFrame()
+        self.limit_bar.setObjectName(f"limitBar_{side}")
+        self.limit_bar.setFrameShape(QFrame.Shape.StyledPanel)
+        bar = QVBoxLayout(self.limit_bar)
+        bar.setContentsMargins(6, 4, 6, 4)
+        bar.setSpacing(4)
+        self.limit_label = QLabel("")
+        self.limit_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.limit_label.setWordWrap(True)
+        bar.addWidget(self.limit_label)
+        limit_buttons = QHBoxLayout()
+        self.continue_button = QPushButton("Continue")
+        self.continue_button.setObjectName(f"continue_{side}")
+        self.continue_button.setToolTip("Generate more tokens that carry on this same answer")
+        self.raise_limit_button = QPushButton("Raise the limit")
+        self.raise_limit_button.setObjectName(f"raiseLimit_{side}")
+        self.raise_limit_button.setToolTip("Double 'Max new tokens' for the next answers")
+        limit_buttons.addWidget(self.continue_button)
+        limit_buttons.addWidget(self.raise_limit_button)
+        limit_buttons.addStretch(1)
+        bar.addLayout(limit_buttons)
+        self.limit_bar.setVisible(False)
         layout.addWidget(self.title)
         layout.addWidget(self.subtitle)
         layout.addWidget(self.transcript, 1)
+        layout.addWidget(self.limit_bar)
         layout.addWidget(self.status)
         self._speaker_format = QTextCharFormat()
         self._speaker_format.setFontWeight(QFont.Weight.Bold)
@@ -130,6 +158,9 @@ class ChatPage(QWidget):
         self._turns: list[_Turn] = []
         self._request_started = 0.0
         self.timings: dict[str, dict] = {}  # side -> last answer's timing (shown and used by tests)
+        self._last_requests: dict[str, ChatRequest] = {}  # side -> the request of the latest answer
+        self._continuing: dict[str, str] = {}  # side -> the answer so far, while "Continue" extends it
+        self._answer_ids: dict[str, list[int]] = {}  # side -> the tokens of the last answer (for Continue)
         self._build()
         self._user_chose_base = False  # the user picked "(none: base model only)": keep it on refreshes
         self.refresh_runs()
@@ -176,6 +207,8 @@ class ChatPage(QWidget):
         self.panes = {side: _Pane(side) for side in SIDES}
         for side in SIDES:
             splitter.addWidget(self.panes[side])
+            self.panes[side].continue_button.clicked.connect(partial(self.continue_answer, side))
+            self.panes[side].raise_limit_button.clicked.connect(self.raise_limit)
         splitter.setChildrenCollapsible(False)
         body.addWidget(splitter, 1)
         self.settings_box = self._build_settings()
@@ -334,6 +367,8 @@ class ChatPage(QWidget):
     def _on_config_changed(self, section) -> None:
         if section is None:  # a whole new config or a new workspace
             self.refresh_runs()
+        else:  # e.g. the template: the base pane names the prompt format it uses
+            self._update_subtitles()
 
     def open_checkpoint(self, run_dir, checkpoint_step: int | None) -> None:
         """Select ``run_dir`` and its checkpoint ``checkpoint_step`` (None = final) on the fine-tuned side."""
@@ -373,17 +408,22 @@ class ChatPage(QWidget):
         base = sources["base"]
         run_dir = self.run_combo.currentData()
         if run_dir:
-            base_model = "the run's base model"
+            base_model, template = "the run's base model", "the run's"
             try:
                 from core.runs import load_run_config
 
-                base_model = load_run_config(run_dir).model.name_or_path
+                run_config = load_run_config(run_dir)
+                base_model, template = run_config.model.name_or_path, f"'{run_config.data.template}'"
             except Exception:  # unreadable config: the worker will report it when asked
                 pass
-            self.panes["base"].subtitle.setText(f"{base_model} (without the fine-tuning)")
+            self.panes["base"].subtitle.setText(f"{base_model} (without the fine-tuning) · prompt in the run's "
+                                                f"{template} template, as the fine-tuned side")
             self.panes["tuned"].subtitle.setText(f"{Path(run_dir).name} · {self.checkpoint_combo.currentText()}")
         else:
-            self.panes["base"].subtitle.setText(str(base[0]) if base else "")
+            template = self.state.config.data.template
+            self.panes["base"].subtitle.setText(
+                f"{base[0]} · prompt in the '{template}' template of the current settings (as a run of them)"
+                if base else "")
             self.panes["tuned"].subtitle.setText("Choose a fine-tuned run above to compare.")
 
     # ---------------------------------------------------------------------------------- chat
@@ -427,9 +467,15 @@ class ChatPage(QWidget):
         self._turns.append(_Turn(user=text))
         self._request_started = time.perf_counter()
         self.timings = {}
+        self._continuing = {}
+        self._answer_ids = {}
         self.prompt.clear()
+        # No run chosen: write the prompt in the current config's template, the format a run made from it
+        # learns and whose base side answers with it; so the base answer is the same with or without a run.
+        plain_format = None if self.run_combo.currentData() else self.state.config.data
         for side in SIDES:
             pane = self.panes[side]
+            pane.limit_bar.setVisible(False)
             pane.add_speaker("You")
             pane.add_text(text)
             source = sources[side]
@@ -449,7 +495,9 @@ class ChatPage(QWidget):
                 messages=self._messages(side),
                 gen_cfg=gen_cfg,
                 stop=self._stop,
+                prompt_format=dataclasses.replace(plain_format) if plain_format is not None else None,
             )
+            self._last_requests[side] = request
             self._pending.add(side)
             self._thread_for(side).submit(request)
         self._set_busy_ui()
@@ -463,6 +511,7 @@ class ChatPage(QWidget):
             return
         if self._stop is not None:
             self._stop.request("stopped by the user")
+        self._continuing = {}
         for side in list(self._pending):
             self._turns[-1].notes[side] = "stopped"
             self.panes[side].add_text("  [stopped]")
@@ -470,6 +519,38 @@ class ChatPage(QWidget):
         self._pending.clear()
         self._active_id = None  # every later chunk of this generation id is stale
         self._set_busy_ui()
+
+    def continue_answer(self, side: str, *_args) -> int | None:
+        """Generate up to 'Max new tokens' more tokens of ``side``'s last answer (cut off by the limit)."""
+        request = self._last_requests.get(side)
+        if self.is_busy or request is None or not self._turns or not self._turns[-1].answers.get(side):
+            return None
+        answer = self._turns[-1].answers[side]
+        self._generation_id += 1
+        self._active_id = self._generation_id
+        self._stop = StopToken()
+        self._request_started = time.perf_counter()
+        self.timings = {}
+        self._continuing = {side: answer}
+        request = dataclasses.replace(request, generation_id=self._generation_id, stop=self._stop,
+                                      gen_cfg=self.generation_config(), continue_text=answer,
+                                      continue_ids=tuple(self._answer_ids.get(side, ())))
+        self._last_requests[side] = request
+        pane = self.panes[side]
+        pane.limit_bar.setVisible(False)
+        pane.status.setText("Continuing…")
+        self._pending.add(side)
+        self._thread_for(side).submit(request)
+        self._set_busy_ui()
+        return self._generation_id
+
+    @Slot()
+    def raise_limit(self) -> None:
+        """Double 'Max new tokens' (up to its maximum) for the next answers."""
+        self.max_tokens_spin.setValue(min(self.max_tokens_spin.maximum(), self.max_tokens_spin.value() * 2))
+        self.state.show_message(f"Max new tokens is now {self.max_tokens_spin.value()}")
+        for pane in self.panes.values():
+            pane.raise_limit_button.setText(f"Raise the limit to {self.max_tokens_spin.value() * 2}")
 
     @Slot()
     def new_conversation(self) -> None:
@@ -479,6 +560,7 @@ class ChatPage(QWidget):
         for pane in self.panes.values():
             pane.clear()
             pane.status.setText("Idle")
+            pane.limit_bar.setVisible(False)
         self._update_turns_label()
 
     @Slot(object)
@@ -513,9 +595,17 @@ class ChatPage(QWidget):
         else:
             # The streamed text is what the user saw; the result's text is authoritative (decoding
             # of the whole sequence can differ from the concatenated pieces at the edges).
-            if answer.text and answer.text != turn.answers[side] and not turn.answers[side]:
-                pane.add_text(answer.text)
-            turn.answers[side] = answer.text or turn.answers[side]
+            if side in self._continuing:  # the new part goes after the answer it continues
+                streamed = turn.answers[side][len(self._continuing[side]):]
+                if answer.text and not streamed:
+                    pane.add_text(answer.text)
+                turn.answers[side] = self._continuing.pop(side) + (answer.text or streamed)
+                self._answer_ids[side] = self._answer_ids.get(side, []) + list(getattr(answer.result, "token_ids", []))
+            else:
+                if answer.text and answer.text != turn.answers[side] and not turn.answers[side]:
+                    pane.add_text(answer.text)
+                turn.answers[side] = answer.text or turn.answers[side]
+                self._answer_ids[side] = list(getattr(answer.result, "token_ids", []))
             result = answer.result
             timing = self.timings.setdefault(side, {})
             timing["total_seconds"] = time.perf_counter() - self._request_started
@@ -527,7 +617,15 @@ class ChatPage(QWidget):
             first = timing.get("first_token_seconds")
             first_text = f"first token {first:.2f} s · " if first is not None else ""
             stopped = getattr(result, "stopped_by", "")
-            pane.status.setText(f"{first_text}{n_tokens} tokens{speed} · ended by {stopped}".strip())
+            limit = getattr(self._last_requests.get(side), "gen_cfg", None)
+            limit = getattr(limit, "max_new_tokens", self.max_tokens_spin.value())
+            pane.status.setText(f"{first_text}{n_tokens} tokens{speed} · {stop_reason(stopped, limit)}".strip())
+            if stopped == "max_tokens":
+                pane.limit_label.setText(
+                    f"Cut off: this answer used all {limit} new tokens allowed (Max new tokens) and may stop "
+                    "mid-sentence. Continue it, or raise the limit for the next answers.")
+                pane.raise_limit_button.setText(f"Raise the limit to {min(self.max_tokens_spin.maximum(), limit * 2)}")
+                pane.limit_bar.setVisible(True)
         if not self._pending:
             self._active_id = None
             self._set_busy_ui()
@@ -538,6 +636,8 @@ class ChatPage(QWidget):
         self.send_button.setEnabled(True)
         self.run_combo.setEnabled(not busy)
         self.checkpoint_combo.setEnabled(not busy and self.checkpoint_combo.count() > 0)
+        for pane in self.panes.values():
+            pane.continue_button.setEnabled(not busy)
         self.busyChanged.emit(busy)
 
     def _update_turns_label(self) -> None:
