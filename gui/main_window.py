@@ -174,6 +174,8 @@ class MainWindow(QMainWindow):
             train_page.navigateRequested.connect(self.show_page)
         if train_page is not None and hasattr(train_page, "nextStepRequested"):
             train_page.nextStepRequested.connect(self.open_next_step)
+        if train_page is not None and hasattr(train_page, "nextStepRequested"):
+            train_page.nextStepRequested.connect(self.open_next_step)
         runs_page = self.pages.get("runs")
         if runs_page is not None and hasattr(runs_page, "runOpened"):
             runs_page.runOpened.connect(self.open_run)
@@ -227,6 +229,25 @@ class MainWindow(QMainWindow):
             self.show_message(f"Could not read the run's settings: {exc}")
         self.show_page("train")
         train.show_run(run_dir)
+
+    @Slot(object)
+    def open_next_step(self, request: object) -> None:
+        """("chat" | "evaluate" | "export", run_dir) from a finished run: open that page with the run selected."""
+        action, run_dir = request  # type: ignore[misc]
+        self.state.runs_model.refresh()  # the run just ended: make sure every picker lists it
+        if action == "chat" and "chat" in self.pages:
+            self.show_page("chat")
+            self.pages["chat"].open_checkpoint(run_dir, None)
+        elif action == "evaluate" and "evaluate" in self.pages:
+            self.show_page("evaluate")
+            self.pages["evaluate"].select_run(run_dir)
+        elif action == "export" and "runs" in self.pages:
+            self.show_page("runs")
+            runs = self.pages["runs"]
+            runs.refresh()
+            runs.select_runs([run_dir])
+            runs.export_button.setFocus()
+            self.show_message(f"{run_dir.name} is selected: choose what to export from the Export button.")
 
     @Slot(object)
     def open_next_step(self, request: object) -> None:

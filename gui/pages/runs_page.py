@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 )
 
 from gui.chat_workers import TaskOutcome, TaskProgress, TaskRunner
+from gui.plain import warning
 
 COLUMNS = ("Name", "Created", "Method", "Model", "Status", "Steps", "Best eval loss", "Duration")
 METRICS = {  # combo label -> (record kind, key)
@@ -125,6 +126,9 @@ class RunsPage(QWidget):
         self._task.progressed.connect(self._on_task_progress)
         self._task.finished.connect(self._on_task_finished)
         self._task_run: Path | None = None
+        self._export_target: Path | None = None
+        self.export_result_dialog = None
+        self.export_result_text = ""
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)  # a new run writes several files: refresh once
@@ -206,11 +210,14 @@ class RunsPage(QWidget):
                                     self._rename_dialog)
         self.export_button = QToolButton()
         self.export_button.setText("Export")
-        self.export_button.setToolTip("Save the adapter, a merged model, or a Python script reproducing the run")
+        self.export_button.setToolTip("Save the adapter, a merged model, a GGUF file for llama.cpp / LM Studio / "
+                                      "Ollama, or a Python script reproducing the run")
         self.export_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(self.export_button)
-        menu.addAction("Adapter only…", lambda: self._export_dialog("adapter"))
-        menu.addAction("Merged model…", lambda: self._export_dialog("merged"))
+        menu.addAction("Adapter only (small; needs the base model)…", lambda: self._export_dialog("adapter"))
+        menu.addAction("Merged model (transformers folder)…", lambda: self._export_dialog("merged"))
+        menu.addAction("GGUF f16 for llama.cpp / Ollama…", lambda: self._export_dialog("gguf"))
+        menu.addAction("GGUF q8_0 (half the size)…", lambda: self._export_dialog("gguf-q8_0"))
         menu.addAction("Training script…", lambda: self._export_dialog("script"))
         self.export_button.setMenu(menu)
         actions.addWidget(self.export_button)
@@ -523,7 +530,7 @@ class RunsPage(QWidget):
         try:
             cfg = load_run_config(path)
         except Exception as exc:
-            QMessageBox.warning(self, "Clone settings", f"Cannot read the settings of {path.name}:\n{exc}")
+            warning(self, "Clone settings", f"Cannot read the settings of {path.name}:\n{exc}")
             return
         cfg.name = f"{cfg.name or path.name}-copy"
         self.state.set_config(cfg)
@@ -565,7 +572,7 @@ class RunsPage(QWidget):
             try:
                 self.rename_run(path, name)
             except Exception as exc:
-                QMessageBox.warning(self, "Rename run", str(exc))
+                warning(self, "Rename run", str(exc))
 
     def delete_runs(self, paths) -> None:
         """Delete run folders from disk (no confirmation here: the dialog asks). A live run is never deleted:
@@ -593,7 +600,7 @@ class RunsPage(QWidget):
             try:
                 self.delete_runs(paths)
             except (OSError, ValueError) as exc:
-                QMessageBox.warning(self, "Delete runs", f"Could not delete everything: {exc}")
+                warning(self, "Delete runs", f"Could not delete everything: {exc}")
 
     # ------------------------------------------------------------------------------- background tasks
     @property
@@ -640,33 +647,98 @@ class RunsPage(QWidget):
 
         self._start_task("Resuming", run_dir, work)
 
-    def export_run(self, run_dir, kind: str, destination) -> None:
-        """Export ``kind`` ("adapter" | "merged" | "script") of ``run_dir`` to ``destination`` in the background."""
+    def export_run(self, run_dir, kind: str, destination, base_model: str | None = None) -> None:
+        """Export ``kind`` ("adapter" | "merged" | "gguf" | "gguf-q8_0" | "script") of ``run_dir`` to
+        ``destination`` (the folder that will be written, or the script's path) in the background."""
         run_dir, destination = Path(run_dir), Path(destination)
 
         def work(stop, progress):
             from core import export
 
             progress(None, f"exporting {kind}")
-            functions = {"adapter": export.export_adapter, "merged": export.export_merged,
-                         "script": export.export_script}
-            return functions[kind](run_dir, destination) or destination
+            if kind.startswith("gguf"):
+                from core.gguf_export import export_gguf
 
+                quant = kind.partition("-")[2] or "f16"
+                written = export_gguf(run_dir, destination, quant=quant, base_model=base_model, progress=progress)
+                return Path(written.folder)
+            if kind == "script":
+                return export.export_script(run_dir, destination, progress=progress) or destination
+            function = {"adapter": export.export_adapter, "merged": export.export_merged}[kind]
+            return function(run_dir, destination, base_model=base_model, progress=progress) or destination
+
+        self._export_target = destination
         self._start_task(f"Exporting {kind} of", run_dir, work)
+
+    def ask_base_model(self, reference) -> str | None:
+        """A local-folder base model does not exist on other machines: ask which name the export should carry.
+        Returns the name (a Hub id, or the local path to keep it) or None to cancel."""
+        from PySide6.QtWidgets import QInputDialog
+
+        text, ok = QInputDialog.getText(
+            self, "Base model of the export",
+            "This run's base model is a folder on this machine:\n"
+            f"{reference.name_or_path}\n\nOn another machine the export has to find the same model. Type its Hugging "
+            "Face Hub id (e.g. EleutherAI/pythia-70m), or keep the path to use the export on this machine only.",
+            text=reference.suggestion or reference.name_or_path)
+        return text.strip() if ok and text.strip() else None
 
     def _export_dialog(self, kind: str) -> None:
         path = self._one()
         if path is None or self._task.is_busy:
             return
+        base_model = None
+        if kind != "script":
+            from core.errors import StudioError
+            from core.export import base_model_reference
+
+            try:
+                reference = base_model_reference(path)
+            except StudioError as exc:
+                warning(self, "Export", f"Cannot export {path.name}: {exc}")
+                return
+            if reference.kind == "local":
+                base_model = self.ask_base_model(reference)
+                if base_model is None:
+                    return
         if kind == "script":
             target, _ = QFileDialog.getSaveFileName(self, "Export training script",
                                                     str(path / f"train_{path.name}.py"), "Python (*.py)")
         else:
-            target = QFileDialog.getExistingDirectory(self, f"Export {kind} into folder", str(path))
+            folder_name = f"{path.name}-{kind}"
+            target = QFileDialog.getExistingDirectory(
+                self, f"Where to save it: a new folder “{folder_name}” is created inside the folder you choose",
+                str(path.parent))
             if target:
-                target = str(Path(target) / f"{path.name}-{kind}")
+                target = str(Path(target) / folder_name)
         if target:
-            self.export_run(path, kind, target)
+            self.export_run(path, kind, target, base_model=base_model)
+
+    def _show_export_result(self, written: Path) -> None:
+        """Say where the export went and what it holds, with a button to open the folder."""
+        from PySide6.QtWidgets import QDialog, QDialogButtonBox
+
+        folder = written if written.is_dir() else written.parent
+        items = sorted(folder.iterdir()) if folder.is_dir() else []
+        listing = "\n".join(f"  {item.name}{'/' if item.is_dir() else ''}  "
+                             f"({_format_size(_size_of(item))})" for item in items[:30])
+        dialog = QDialog(self)
+        dialog.setWindowTitle("Export finished")
+        layout = QVBoxLayout(dialog)
+        text = QLabel(f"Written to:\n{written}\n\nIt contains:\n{listing}")
+        text.setTextFormat(Qt.TextFormat.PlainText)
+        text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(text)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        open_button = buttons.addButton("Open folder", QDialogButtonBox.ButtonRole.ActionRole)
+        open_button.clicked.connect(lambda: _open_folder(folder))
+        buttons.rejected.connect(dialog.close)
+        layout.addWidget(buttons)
+        dialog.setModal(False)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, False)
+        self.export_result_dialog = dialog
+        self.export_result_text = text.text()
+        dialog.show()
 
     @Slot(object)
     def _on_task_progress(self, update: TaskProgress) -> None:
@@ -686,14 +758,18 @@ class RunsPage(QWidget):
         self.cancel_button.hide()
         self.task_label.setText("")
         if outcome.error:
-            QMessageBox.warning(self, outcome.name, f"{outcome.name} {run_dir.name if run_dir else ''} failed:\n\n"
-                                f"{outcome.error}")
+            warning(self, outcome.name, f"{outcome.name} {run_dir.name if run_dir else ''} failed:\n\n"
+                    f"{outcome.error}")
         elif outcome.cancelled:
             self.state.show_message(f"{outcome.name} {run_dir.name if run_dir else ''}: cancelled")
         else:
             self.state.show_message(f"{outcome.name} {run_dir.name if run_dir else ''}: done")
             if outcome.name == "Resuming" and run_dir is not None:
                 self.runResumed.emit(run_dir)
+            if outcome.name.startswith("Exporting"):
+                written = outcome.result if isinstance(outcome.result, Path) else self._export_target
+                self.state.show_message(f"Exported to {written}")
+                self._show_export_result(Path(written))
         self.last_outcome = outcome
         self.refresh()
         self._update_actions()
@@ -715,3 +791,24 @@ class RunsPage(QWidget):
     def hideEvent(self, event) -> None:
         super().hideEvent(event)
         self._fallback.stop()  # the watcher still reports new runs; the slow poll only matters when visible
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+
+
+def _format_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _open_folder(folder: Path) -> None:
+    from PySide6.QtCore import QUrl
+    from PySide6.QtGui import QDesktopServices
+
+    QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))

@@ -6,6 +6,7 @@ relays (frozen MetricPoint / StatusEvent objects) on the GUI thread.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -46,7 +47,10 @@ from gui.widgets.config_form import ConfigForm
 from gui.widgets.estimate_panel import EstimatePanel
 from gui.widgets.plots import TrainingPlots
 from gui.widgets.probe_strip import ProbeEditor, ProbeStrips
+from gui.widgets.run_summary_card import RunSummaryCard
 from gui.workers import TrainingController
+
+logger = logging.getLogger(__name__)
 
 ESTIMATE_DEBOUNCE_MS = 600  # re-estimate this long after the last settings change
 STATS_INTERVAL_MS = 250  # the numbers above the plots refresh at most 4 times a second
@@ -215,6 +219,7 @@ class TrainPage(QWidget):
     runEnded = Signal(object)  # the RunResult or the exception of the last run
     chatWithCheckpoint = Signal(object)  # (run_dir: Path, checkpoint step: int): open it on the Chat page
     navigateRequested = Signal(str)  # a page key ("data", "chat", ...) the window should show
+    nextStepRequested = Signal(object)  # (action: "chat" | "evaluate" | "export", run_dir: Path)
 
     def __init__(self, state, parent: QWidget | None = None, *, preload_delay_ms: int | None = 3000):
         super().__init__(parent)
@@ -494,6 +499,10 @@ class TrainPage(QWidget):
         stats.setColumnStretch(6, 1)
         column.addLayout(stats)
 
+        self.summary_card = RunSummaryCard()
+        self.summary_card.nextStepRequested.connect(self._on_next_step)
+        column.addWidget(self.summary_card)
+
         self.plots = TrainingPlots()
         self.plots.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
@@ -618,8 +627,8 @@ class TrainPage(QWidget):
 
         try:
             self.plots.set_checkpoints(step for step, _path in list_checkpoints(self.current_run_dir))
-        except OSError:
-            pass
+        except OSError:  # a folder being written or removed: safe, the next scan draws the markers
+            logger.debug("checkpoints of %s unreadable", self.current_run_dir, exc_info=True)
 
     def _show_run_markers(self, run_dir: Path) -> None:
         from core.runs import read_status
@@ -669,6 +678,26 @@ class TrainPage(QWidget):
         self.progress_bar.setFormat(f"{run_dir.name}: {state} at step {step}" + (f" / {total}" if total else ""))
         if status.get("best_eval_loss") is not None:
             self.stat_eval.set(f"best {status['best_eval_loss']:.4f}")
+        if state in ("finished", "stopped", "failed"):
+            self.show_summary(run_dir)
+
+    def show_summary(self, run_dir: Path) -> None:
+        """The summary card of a run that ended: before → after on held-out data, in words, next steps."""
+        from core.outcome import summarize_outcome
+        from core.runs import run_weights
+
+        try:
+            outcome = summarize_outcome(run_dir)
+        except (OSError, ValueError) as exc:
+            self._log(f"Could not summarise {Path(run_dir).name}: {exc}")
+            return
+        notes = [card.advice.title for card in self.coach_panel.cards]
+        self.summary_card.show_outcome(outcome, notes, has_weights=run_weights(run_dir)[0])
+
+    @Slot(str)
+    def _on_next_step(self, action: str) -> None:
+        if self.current_run_dir is not None:
+            self.nextStepRequested.emit((action, Path(self.current_run_dir)))
 
     def schedule_estimate(self) -> None:
         """Re-estimate memory and time shortly after the settings stop changing."""
@@ -1014,6 +1043,7 @@ class TrainPage(QWidget):
     # -- run events (GUI thread) -----------------------------------------------------------------------
     def _reset_run_view(self) -> None:
         self.error_banner.setVisible(False)
+        self.summary_card.clear()
         self.plots.clear()
         self.coach_panel.clear()
         self.probe_strips.clear()
@@ -1131,6 +1161,8 @@ class TrainPage(QWidget):
         elif result.state == "stopped":
             self.progress_bar.setFormat(f"Stopped at step {global_step}: press Resume to continue")
             self.state.show_message(f"Training stopped: {result.message}")
+        if self.current_run_dir is not None:
+            self.show_summary(self.current_run_dir)
         self.runEnded.emit(result)
 
     @Slot(object)
