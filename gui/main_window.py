@@ -13,7 +13,8 @@ import platform
 import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import QByteArray, QSettings, QSize, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QByteArray, QSettings, QSize, Qt, QTimer, QUrl, Signal, Slot
+from PySide6.QtGui import QAction, QDesktopServices
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -174,8 +175,6 @@ class MainWindow(QMainWindow):
             train_page.navigateRequested.connect(self.show_page)
         if train_page is not None and hasattr(train_page, "nextStepRequested"):
             train_page.nextStepRequested.connect(self.open_next_step)
-        if train_page is not None and hasattr(train_page, "nextStepRequested"):
-            train_page.nextStepRequested.connect(self.open_next_step)
         runs_page = self.pages.get("runs")
         if runs_page is not None and hasattr(runs_page, "runOpened"):
             runs_page.runOpened.connect(self.open_run)
@@ -250,25 +249,6 @@ class MainWindow(QMainWindow):
             self.show_message(f"{run_dir.name} is selected: choose what to export from the Export button.")
 
     @Slot(object)
-    def open_next_step(self, request: object) -> None:
-        """("chat" | "evaluate" | "export", run_dir) from a finished run: open that page with the run selected."""
-        action, run_dir = request  # type: ignore[misc]
-        self.state.runs_model.refresh()  # the run just ended: make sure every picker lists it
-        if action == "chat" and "chat" in self.pages:
-            self.show_page("chat")
-            self.pages["chat"].open_checkpoint(run_dir, None)
-        elif action == "evaluate" and "evaluate" in self.pages:
-            self.show_page("evaluate")
-            self.pages["evaluate"].select_run(run_dir)
-        elif action == "export" and "runs" in self.pages:
-            self.show_page("runs")
-            runs = self.pages["runs"]
-            runs.refresh()
-            runs.select_runs([run_dir])
-            runs.export_button.setFocus()
-            self.show_message(f"{run_dir.name} is selected: choose what to export from the Export button.")
-
-    @Slot(object)
     def open_checkpoint_in_chat(self, request: object) -> None:
         """(run_dir, step) from the Train page: show that checkpoint on the Chat page's fine-tuned side."""
         run_dir, step = request  # type: ignore[misc]
@@ -293,6 +273,30 @@ class MainWindow(QMainWindow):
         activate = getattr(page, "activate", None)
         if callable(activate):
             activate()
+
+    # -- menus -----------------------------------------------------------------------------------
+    def _build_menus(self) -> None:
+        help_menu = self.menuBar().addMenu("&Help")
+        self.open_log_folder_action = QAction("Open &log folder", self)
+        self.open_log_folder_action.setStatusTip("The app's log files: attach the newest one to a bug report")
+        self.open_log_folder_action.triggered.connect(self.open_log_folder)
+        help_menu.addAction(self.open_log_folder_action)
+
+    @Slot()
+    def open_log_folder(self) -> bool:
+        """Show the folder of the log file in the system's file manager; False when it cannot be opened."""
+        from core.logs import log_dir
+
+        folder = log_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.show_message(f"Cannot create the log folder {folder}: {exc}")
+            return False
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            self.show_message(f"The log folder is {folder}")
+            return False
+        return True
 
     # -- status bar --------------------------------------------------------------------------
     @Slot(str)
