@@ -457,6 +457,18 @@ class TrainingConfig:
         max=10**9,
         advanced=True,
     )
+    eval_time_share: float = opt(
+        0.15,
+        "On a CPU, all held-out evaluations of a run together (the step-0 one included) may take at most about "
+        "this share of its estimated training time: the held-out examples are cut to a number that fits (at "
+        "least 8, the same examples every time), so a short run spends its time training. The cap and the "
+        "examples used are shown when the run starts and kept in status.json. 0 = no time cap (only Max eval "
+        "examples applies); GPU runs are never capped.",
+        label="Evaluation time share (CPU)",
+        min=0.0,
+        max=1.0,
+        advanced=True,
+    )
     report_to: str = opt(
         "none",
         "Also log the loss, learning rate and eval loss to TensorBoard and/or MLflow (install them with "
@@ -766,6 +778,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except FileNotFoundError:  # the temporary file never got created or was already renamed: nothing to clean
             pass
         raise

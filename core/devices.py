@@ -5,11 +5,14 @@ torch is imported inside functions: the GUI imports this module at start-up.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
 
 from core.config import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,8 @@ def _cpu_info() -> DeviceInfo:
         import psutil
 
         total = int(psutil.virtual_memory().total)
-    except Exception:  # psutil missing or the platform hides it: memory stays unknown
-        pass
+    except Exception:  # psutil missing or the platform hides it: memory stays unknown, which callers handle
+        logger.debug("total RAM unknown", exc_info=True)
     # bf16 on CPU works in principle but is slow and numerically fragile with our Trainer setup: refused.
     return DeviceInfo("cpu", f"CPU ({os.cpu_count() or 1} cores)", None, total, False, False)
 

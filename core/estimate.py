@@ -400,7 +400,89 @@ def dataset_stats_for(cfg: RunConfig, progress=None, stop=None) -> dict:
     lengths = [len(ids) for ids in prepared.train["input_ids"]]
     if not lengths:
         return {}
-    return {"count": len(lengths), "mean": sum(lengths) / len(lengths), "max": max(lengths)}
+    stats = {"count": len(lengths), "mean": sum(lengths) / len(lengths), "max": max(lengths)}
+    if prepared.test is not None and len(prepared.test) > 0:
+        held_out = [len(ids) for ids in prepared.test["input_ids"]]
+        stats.update(eval_count=len(held_out), eval_mean=sum(held_out) / len(held_out))
+    return stats
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+# Share of the matmul throughput a forward-only evaluation pass reaches (no backward, no optimizer; logits
+# only at trained positions). Measured with SmolLM2-135M on CPU fp32 (the closing note of issue 13).
+EVAL_EFFICIENCY = {"cpu": 0.5, "cuda": 0.35, "mps": 0.3}
+EVAL_PADDING = 1.6  # held-out batches are not length-grouped: padded ~60% past their mean example
+MIN_EVAL_EXAMPLES = 8  # fewer held-out examples make an eval loss too noisy to compare across evaluations
+
+
+def planned_evaluations(cfg: RunConfig, total_steps: int | None, *, step_zero: bool) -> int:
+    """How many held-out evaluations a run of ``total_steps`` makes: every ``eval_steps``, one at the last
+    step when it falls between (the Trainer's rule), plus the step-0 one."""
+    periodic = math.ceil(total_steps / max(1, cfg.training.eval_steps)) if total_steps else 0
+    return periodic + int(step_zero)
+
+
+def eval_seconds_per_example(arch: Architecture, mean_tokens: float, device_flops: float, kind: str) -> float:
+    """Seconds one held-out example costs in an evaluation (a forward pass: 2N FLOPs per token plus
+    attention), at this machine's measured matmul speed."""
+    length = max(1.0, float(mean_tokens) * EVAL_PADDING)
+    flops = (2.0 * arch.total_params + 4.0 * arch.num_layers * length * arch.hidden_size) * length
+    return flops / (device_flops * EVAL_EFFICIENCY.get(kind, 0.3))
+
+
+@dataclass
+class EvalCap:
+    """How many held-out examples each evaluation of a run uses, and why."""
+
+    examples: int  # held-out examples every evaluation uses (the first ``examples`` of the split)
+    available: int  # held-out examples there are (after ``training.max_eval_examples``)
+    evaluations: int  # evaluations planned, the step-0 one included
+    seconds_per_example: float | None  # estimated
+    train_seconds: float | None  # estimated time of the training steps
+    share: float  # training.eval_time_share (0: no time cap)
+    capped: bool  # fewer examples than available because of the time cap
+
+    @property
+    def eval_seconds(self) -> float | None:
+        """Estimated time of all evaluations together."""
+        if self.seconds_per_example is None:
+            return None
+        return self.evaluations * self.examples * self.seconds_per_example
+
+    def describe(self) -> str:
+        """One line for the log: the examples used, the cap and its reason."""
+        head = f"held-out evaluation: {self.examples} of {self.available} examples"
+        if not self.capped:
+            head = f"held-out evaluation: all {self.available} examples"
+        if self.eval_seconds is None or not self.evaluations:
+            return head
+        line = (f"{head}, {self.evaluations} evaluation{'s' if self.evaluations != 1 else ''} of about "
+                f"{_duration(self.eval_seconds / self.evaluations)} each")
+        if self.capped and self.train_seconds:
+            line += (f" (capped to {self.share:.0%} of the ~{_duration(self.train_seconds)} of training "
+                     f"estimated: training.eval_time_share)")
+        return line
+
+    def to_status(self) -> dict:
+        """The fields status.json keeps (a resumed run evaluates on the same examples)."""
+        return {"eval_examples": self.examples, "eval_examples_available": self.available,
+                "eval_capped": self.capped, "eval_time_share": self.share,
+                "eval_seconds_estimate": self.eval_seconds}
+
+
+def eval_cap(cfg: RunConfig, *, available: int, evaluations: int, train_seconds: float | None,
+             seconds_per_example: float | None, device_kind: str) -> EvalCap:
+    """The number of held-out examples per evaluation so that all ``evaluations`` together take at most
+    ``training.eval_time_share`` of ``train_seconds`` (CPU only; never below MIN_EVAL_EXAMPLES)."""
+    share = float(cfg.training.eval_time_share)
+    examples = available
+    if (device_kind == "cpu" and share > 0 and available > MIN_EVAL_EXAMPLES and evaluations > 0
+            and train_seconds and seconds_per_example):
+        fits = math.floor(share * train_seconds / (evaluations * seconds_per_example) + 1e-9)  # 29.9999 is 30
+        examples = min(available, max(MIN_EVAL_EXAMPLES, fits))
+    return EvalCap(examples=examples, available=available, evaluations=evaluations,
+                   seconds_per_example=seconds_per_example, train_seconds=train_seconds, share=share,
+                   capped=examples < available)
 
 
 # --------------------------------------------------------------------------------------------- probe

@@ -21,6 +21,8 @@ from typing import IO, Any, Protocol, runtime_checkable
 from core.jsonl import write_record
 
 STATES = ("running", "stopped", "finished", "failed", "interrupted")
+# What a running run is doing, in order (StatusEvent.phase): each has its own label in the GUI and CLI.
+PHASES = ("loading", "tokenizing", "measuring_base", "training", "evaluating", "saving")
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,9 @@ class StatusEvent:
     state: str
     message: str
     step: int | None = None
-    fraction: float | None = None  # 0..1 when known (e.g. tokenizing progress)
+    fraction: float | None = None  # 0..1 when known (e.g. tokenizing progress, eval examples k/n)
     time: float = field(default_factory=time.time)
+    phase: str | None = None  # one of PHASES: what the run is doing now (None: a plain message)
 
     def to_dict(self) -> dict:
         return {"kind": "status", **{key: _json_safe(value) for key, value in dataclasses.asdict(self).items()}}

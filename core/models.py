@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from core.cancel import ProgressFn, StopToken
 from core.consent import ConsentRequired, allowed
 from core.errors import ModelError
 from core.paths import cache_dir
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "bundled:SmolLM2-135M-Instruct"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
@@ -371,9 +374,13 @@ def load_model(model_cfg, *, device="cpu", dtype=None, quantize_4bit: bool = Fal
         kwargs["quantization_config"] = bits_and_bytes_config()
         kwargs["device_map"] = {"": info.index or 0}
     _report(progress, None, f"loading {model_cfg.name_or_path}")
+    logger.info("loading model %s from %s onto %s (dtype %s, 4-bit %s)", model_cfg.name_or_path, path, info.name,
+                dtype, quantize_4bit)
+    started = time.monotonic()
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
+        logger.warning("loading model %s failed", path, exc_info=True)
         text = str(exc)
         online = hub and not kwargs.get("local_files_only")
         if online and "safetensors" in text.lower() and not allow_pickle:
@@ -384,6 +391,7 @@ def load_model(model_cfg, *, device="cpu", dtype=None, quantize_4bit: bool = Fal
         raise ModelError(f"{path}: could not load the model ({text.splitlines()[0] if text else exc!r})") from None
     if not quantize_4bit:
         model.to(info.torch_device)
+    logger.info("loaded model %s in %.1f s", model_cfg.name_or_path, time.monotonic() - started)
     return model
 
 
@@ -568,6 +576,6 @@ def list_models() -> list[dict]:
             if repo.repo_type == "model":
                 found.append({"name": repo.repo_id, "kind": "hub", "where": str(repo.repo_path),
                               "size_bytes": int(repo.size_on_disk), "converted": True})
-    except Exception:  # no Hub cache yet, or an unreadable one: nothing to list
-        pass
+    except Exception:  # no Hub cache yet, or an unreadable one: safe, the list just lacks the Hub models
+        logger.debug("the Hugging Face cache could not be scanned", exc_info=True)
     return found

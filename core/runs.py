@@ -7,6 +7,7 @@ when it contains ``COMPLETE``), ``final/``, ``environment.json`` and ``status.js
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from core.config import RunConfig, atomic_write_text
 from core.jsonl import read_objects
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -219,8 +222,8 @@ def run_weights(run_dir: str | os.PathLike) -> tuple[bool, str]:
     try:
         if list_checkpoints(run_dir):
             return True, ""
-    except OSError:
-        pass
+    except OSError:  # an unreadable checkpoints/ folder: safe, the run is listed as having no weights yet
+        logger.debug("%s: checkpoints unreadable", run_dir, exc_info=True)
     state = str(read_status(run_dir).get("state", "unknown"))
     if state in ("running", "preparing", "starting"):
         return False, "still training: no checkpoint saved yet"
@@ -238,8 +241,8 @@ def summarize_run(run_dir: str | os.PathLike) -> RunSummary:
     try:
         cfg = load_run_config(run_dir)
         method, model, name = cfg.method.method, cfg.model.name_or_path, cfg.name or run_dir.name
-    except Exception:  # a broken config.yaml must not hide the run from the list
-        pass
+    except Exception:  # a broken config.yaml must not hide the run from the list (it shows with defaults)
+        logger.debug("%s: config.yaml unreadable", run_dir, exc_info=True)
     best = status.get("best_eval_loss")
     if best is None:
         losses = [r["eval_loss"] for r in read_metrics(run_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import platform
@@ -27,6 +28,8 @@ from core.cancel import StopToken
 from core.config import ConfigError, RunConfig, atomic_write_text
 from core.errors import Cancelled, StudioError, TrainingError
 from core.metrics import MetricPoint, MetricsSink, StatusEvent
+
+logger = logging.getLogger(__name__)
 
 OOM_ADVICE = (
     "Try a smaller batch size with more gradient accumulation (same effective batch), turn on gradient "
@@ -187,7 +190,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
         if isinstance(exc, torch.OutOfMemoryError):
             return True
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError):  # an older torch without OutOfMemoryError: the message test below decides
         pass
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
@@ -226,7 +229,7 @@ def environment_info(device: Any = None) -> dict:
         info["cuda"] = torch.version.cuda
         info["cuda_available"] = torch.cuda.is_available()
         info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
+    except ImportError:  # no torch: environment.json simply lacks the CUDA facts
         pass
     return info
 
@@ -369,6 +372,55 @@ def trainer_class():
 
 
 # --------------------------------------------------------------------------------------------- callback
+def _token_lengths(dataset: Any) -> list[int]:
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.data.column("input_ids")).to_pylist()
+
+
+def _cap_evaluation(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], model: Any, device: Any,
+                    train_dataset: Any, eval_dataset: Any, total_steps: int, *, resuming: bool) -> Any:
+    """The held-out examples every evaluation uses: on a CPU, only as many as let all evaluations together
+    take ``training.eval_time_share`` of the estimated training time (core.estimate.eval_cap), the first of
+    the split, the same every time. A resumed run keeps the number of its first session. The choice is
+    shown as a status line and kept in status.json."""
+    if eval_dataset is None:
+        return None
+    if resuming:
+        kept = runs.read_status(run_dir).get("eval_examples")
+        if isinstance(kept, int) and 0 < kept < len(eval_dataset):
+            return eval_dataset.select(range(kept))
+        return eval_dataset
+    from core.estimate import (
+        MIN_EVAL_EXAMPLES,
+        architecture_from_model,
+        estimate,
+        eval_cap,
+        eval_seconds_per_example,
+        planned_evaluations,
+    )
+
+    kind = getattr(device, "kind", str(device))
+    evaluations = planned_evaluations(cfg, total_steps, step_zero=cfg.training.eval_before_training)
+    train_seconds = per_example = None
+    # Every rank must evaluate the same examples: a multi-process run keeps them all rather than let each
+    # rank's own speed measurement pick a different number.
+    if (kind == "cpu" and cfg.training.eval_time_share > 0 and len(eval_dataset) > MIN_EVAL_EXAMPLES
+            and _world_size() == 1):
+        arch = architecture_from_model(model)
+        lengths = _token_lengths(train_dataset)
+        stats = {"count": len(lengths), "mean": sum(lengths) / len(lengths), "max": max(lengths)}
+        est = estimate(cfg, model_info=arch, device=device, dataset_stats=stats)
+        train_seconds = est.seconds_per_step * total_steps
+        held_out = _token_lengths(eval_dataset)
+        per_example = eval_seconds_per_example(arch, sum(held_out) / len(held_out), est.device_flops, kind)
+    cap = eval_cap(cfg, available=len(eval_dataset), evaluations=evaluations, train_seconds=train_seconds,
+                   seconds_per_example=per_example, device_kind=kind)
+    _write_status(run_dir, **cap.to_status())
+    _emit_status(sinks, StatusEvent("running", cap.describe(), phase="loading"))
+    return eval_dataset.select(range(cap.examples)) if cap.capped else eval_dataset
+
+
 def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir: Path, device: Any,
                    prior_elapsed: float):
     """The one TrainerCallback turning Trainer events into MetricPoint / StatusEvent objects."""
@@ -391,6 +443,10 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
             self.eval_in_between = False
             self.paused_seconds = 0.0  # evaluation time since the last train log, kept out of tokens/s
             self.last_status_write = 0.0
+            self.training_started = False
+            self.eval_examples = 0  # held-out examples one evaluation covers (set by _train_steps)
+            self.eval_batches = 0  # batches of the evaluation in progress
+            self.last_eval_status = 0.0
 
         # -- timing ---------------------------------------------------------------------------
         def elapsed(self) -> float:
@@ -414,8 +470,9 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
             self.last_step_time = self.session_start
             _write_status(run_dir, state="running", global_step=int(state.global_step),
                           total_steps=self.total_steps, message="training")
+            self.training_started = True
             _emit_status(sinks, StatusEvent("running", f"training {self.total_steps} steps",
-                                            step=int(state.global_step)))
+                                            step=int(state.global_step), phase="training"))
 
         def on_step_end(self, args, state, control, **kwargs):
             now = time.time()
@@ -432,10 +489,50 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
                 self.stopped_by_user = True
                 control.should_training_stop = True
                 control.should_save = True  # stop always leaves a resumable checkpoint
+            if control.should_evaluate:
+                self.eval_started(state)
+            elif control.should_save:
+                _emit_status(sinks, StatusEvent("running", f"saving checkpoint-{state.global_step}",
+                                                phase="saving"))
+            return control
+
+        def eval_started(self, state) -> None:
+            """Say that an evaluation begins (0 of n held-out examples); its batches then report k/n."""
+            self.eval_batches = 0
+            self.last_eval_status = 0.0
+            self._eval_status(state, 0, None, None)
+
+        def _eval_status(self, state, batches: int, total_batches: int | None, batch_size: int | None) -> None:
+            n = self.eval_examples
+            done = min(n, batches * batch_size) if n and batch_size else None
+            count = f"{done if done is not None else 0}/{n} held-out examples" if n else "held-out examples"
+            fraction = (batches / total_batches) if total_batches else 0.0
+            if self.training_started or state.global_step > 0:
+                message, phase = f"evaluating at step {state.global_step}: {count}", "evaluating"
+            else:
+                message, phase = f"measuring the base model's eval loss (step 0): {count}", "measuring_base"
+            # No step: the progress bar shows this evaluation's k/n until the next training step.
+            _emit_status(sinks, StatusEvent("running", message, fraction=fraction, phase=phase))
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            self.eval_batches += 1
+            try:
+                total = len(eval_dataloader) if eval_dataloader is not None else None
+            except TypeError:  # an iterable dataset has no length
+                total = None
+            now = time.time()
+            # At most one progress line a second, and always the last batch.
+            if (total is None or self.eval_batches < total) and now - self.last_eval_status < 1.0:
+                return control
+            self.last_eval_status = now
+            self._eval_status(state, self.eval_batches, total, args.per_device_eval_batch_size)
             return control
 
         def on_evaluate(self, args, state, control, **kwargs):
             self.eval_in_between = True
+            if self.training_started and control.should_save:
+                _emit_status(sinks, StatusEvent("running", f"saving checkpoint-{state.global_step}",
+                                                phase="saving"))
 
         def add_pause(self, seconds: float) -> None:
             """Time spent outside training steps (probe answers): kept out of seconds/step and tokens/s."""
@@ -569,6 +666,8 @@ def train(cfg: RunConfig, *, workspace: str | os.PathLike | None = None, run_dir
     now = time.time()
     _write_status(run_dir, state="running", message="starting", global_step=0, total_steps=0,
                   created=now, started=now, ended=None, train_seconds=0.0)
+    logger.info("run %s: starting (%s on %s, data %s, rank %d of %d)", run_dir, cfg.method.method,
+                cfg.model.name_or_path, cfg.data.source, _process_rank(), _world_size())
     probe_settings = _ProbeSettings(probe_prompts, probe_every, probe_max_new_tokens)
     return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=None,
                 probes=probe_settings)
@@ -624,6 +723,7 @@ def resume(run_dir: str | os.PathLike, *, checkpoint: int | str | os.PathLike | 
     if given and _is_main_process():
         save_probe_settings(run_dir, probe_prompts, probe_every, probe_max_new_tokens)
     _write_status(run_dir, state="running", message=f"resuming from {start_from.name}", ended=None)
+    logger.info("run %s: resuming from %s (rank %d of %d)", run_dir, start_from.name, _process_rank(), _world_size())
     return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=start_from,
                 prior_elapsed=float(status.get("train_seconds") or 0.0),
                 probes=_ProbeSettings(probe_prompts, probe_every, probe_max_new_tokens))
@@ -634,11 +734,11 @@ def _fail(run_dir: Path, sinks: Sequence[MetricsSink], message: str, step: int |
         _write_status(run_dir, state="failed", message=message, ended=time.time(),
                       **({"global_step": step} if step is not None else {}))
     except OSError:  # a full disk may refuse even this small file; the raised error still tells the user
-        pass
+        logger.warning("%s: could not record the failure in status.json", run_dir, exc_info=True)
     try:
         _emit_status(sinks, StatusEvent("failed", message, step=step))
-    except OSError:
-        pass
+    except OSError:  # metrics.jsonl on a full disk: same; the raised error reaches the user anyway
+        logger.warning("%s: could not record the failure in metrics.jsonl", run_dir, exc_info=True)
 
 
 def _remove_incomplete_checkpoints(run_dir: Path) -> None:
@@ -683,13 +783,16 @@ def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: S
     except Cancelled as exc:
         # Stopped before training began (tokenizing, loading): nothing to save.
         message = f"stopped before training started ({exc})"
+        logger.info("run %s: %s", run_dir, message)
         _write_status(run_dir, state="stopped", message=message, ended=time.time())
         _emit_status(all_sinks, StatusEvent("stopped", message))
         return RunResult(run_dir, "stopped", 0, None, None, None, message)
     except _NanLoss as exc:
+        logger.warning("run %s: %s", run_dir, exc)
         _fail(run_dir, all_sinks, str(exc), exc.step)
         raise TrainingError(str(exc)) from None
     except StudioError as exc:
+        logger.error("run %s failed: %s", run_dir, exc, exc_info=True)
         _fail(run_dir, all_sinks, str(exc), None)
         raise
     except KeyboardInterrupt:
@@ -699,6 +802,7 @@ def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: S
         _emit_status(all_sinks, StatusEvent("stopped", message))
         raise
     except Exception as exc:
+        logger.exception("run %s failed", run_dir)
         if _is_out_of_memory(exc):
             message = f"out of memory while training ({type(exc).__name__}). {OOM_ADVICE}"
             _fail(run_dir, all_sinks, message, None)
@@ -775,19 +879,21 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     if main:
         atomic_write_text(run_dir / runs.ENVIRONMENT_FILE, json.dumps(environment_info(device), indent=2) + "\n")
 
-    def progress(fraction: float | None, message: str) -> None:
-        _emit_status(sinks, StatusEvent("running", message, fraction=fraction))
+    def progress(fraction: float | None, message: str, phase: str = "tokenizing") -> None:
+        _emit_status(sinks, StatusEvent("running", message, fraction=fraction, phase=phase))
 
     # -- tokenizer and data ---------------------------------------------------------------------
     from core.data import prepare_dataset
     from core.models import load_model, load_tokenizer
 
-    progress(None, "loading the tokenizer")
+    progress(None, "loading the tokenizer", "loading")
     tokenizer = load_tokenizer(cfg.model)
     if stop is not None:
         stop.raise_if_set()
     prepared = prepare_dataset(cfg.data, tokenizer, cfg.training.max_length, stop=stop, progress=progress)
     train_dataset = prepared.train
+    logger.info("run %s: data ready: %d training and %d held-out examples", run_dir.name, len(train_dataset),
+                len(prepared.test) if prepared.test is not None else 0)
     if len(train_dataset) == 0:
         raise TrainingError(f"{cfg.data.source}: no training examples left after preparing the data")
     eval_dataset = prepared.test if prepared.test is not None and len(prepared.test) > 0 else None
@@ -807,7 +913,7 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     import transformers
     from transformers import EarlyStoppingCallback
 
-    progress(None, "loading the model")
+    progress(None, "loading the model", "loading")
     # Seed before the adapter is created so LoRA's random initialisation is reproducible.
     transformers.set_seed(cfg.training.seed)
     model = load_model(cfg.model, device=_device_string(device), quantize_4bit=cfg.method.method == "qlora")
@@ -832,6 +938,9 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
 
     studio_callback = _make_callback(sinks, stop, run_dir, device, prior_elapsed)
     studio_callback.total_steps = _planned_steps(args, len(train_dataset))
+    eval_dataset = _cap_evaluation(cfg, run_dir, sinks, model, device, train_dataset, eval_dataset,
+                                   studio_callback.total_steps, resuming=resume_from is not None)
+    studio_callback.eval_examples = len(eval_dataset) if eval_dataset is not None else 0
     callbacks: list[Any] = [studio_callback]
     early_stopping = None
     if cfg.training.early_stopping_patience > 0 and eval_dataset is not None:
@@ -865,8 +974,8 @@ def _train_and_save(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink],
 
     main = _is_main_process()
 
-    def progress(fraction: float | None, message: str) -> None:
-        _emit_status(sinks, StatusEvent("running", message, fraction=fraction))
+    def progress(fraction: float | None, message: str, phase: str) -> None:
+        _emit_status(sinks, StatusEvent("running", message, fraction=fraction, phase=phase))
 
     with tensorboard_folder(tracking_session):
         trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -877,7 +986,7 @@ def _train_and_save(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink],
 
     # -- train ----------------------------------------------------------------------------------
     if resume_from is None and eval_dataset is not None and cfg.training.eval_before_training:
-        progress(None, "measuring the base model's eval loss (step 0)")
+        studio_callback.eval_started(trainer.state)
         trainer.evaluate()
     if stop is not None:
         stop.raise_if_set()
@@ -907,10 +1016,11 @@ def _train_and_save(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink],
                       best_eval_loss=best_eval, train_seconds=studio_callback.elapsed())
         _emit_status(sinks, StatusEvent("stopped", message, step=step))
         tracking_session.status = "KILLED"  # MLflow's word for a run ended before its last step
+        logger.info("run %s: %s", run_dir, message)
         return RunResult(run_dir, "stopped", step, None, best_checkpoint, best_eval, message)
 
     # -- save final/ ----------------------------------------------------------------------------
-    progress(None, "saving the final model")
+    progress(None, "saving the final model", "saving")
     final_dir = run_dir / runs.FINAL_DIR
     partial = run_dir / (runs.FINAL_DIR + ".partial")
     if main:
@@ -937,4 +1047,5 @@ def _train_and_save(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink],
                   best_eval_loss=best_eval, early_stopped_step=early_stopped_step,
                   train_seconds=studio_callback.elapsed(), final_dir=runs.FINAL_DIR)
     _emit_status(sinks, StatusEvent("finished", message, step=step, fraction=1.0))
+    logger.info("run %s: %s", run_dir, message)
     return RunResult(run_dir, "finished", step, final_dir, best_checkpoint, best_eval, message)

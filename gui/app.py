@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 _LAUNCHED_AT = time.perf_counter()
+logger = logging.getLogger(__name__)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -39,10 +42,35 @@ def _pages_busy(window) -> bool:
     return False
 
 
+def _log_uncaught_exceptions() -> None:
+    """Exceptions escaping a Qt slot (PySide6 hands them to sys.excepthook) or a thread reach the log file
+    with their traceback, then the previous hook as before. Installed once per process."""
+    if getattr(sys.excepthook, "_studio_logs", False):
+        return
+    previous_hook, previous_thread_hook = sys.excepthook, threading.excepthook
+
+    def hook(kind, value, traceback) -> None:
+        logger.critical("uncaught exception", exc_info=(kind, value, traceback))
+        previous_hook(kind, value, traceback)
+
+    def thread_hook(info) -> None:
+        logger.critical("uncaught exception in thread %s", getattr(info.thread, "name", "?"),
+                        exc_info=(info.exc_type, info.exc_value, info.exc_traceback))
+        previous_thread_hook(info)
+
+    hook._studio_logs = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+    threading.excepthook = thread_hook
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Open the studio window (blocking until it closes); returns the exit status."""
+    from core.logs import setup_logging
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(argv)
+    setup_logging("app" + (" (screenshot)" if args.screenshot else ""))
+    _log_uncaught_exceptions()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.screenshot and "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY") \
             and not os.environ.get("WAYLAND_DISPLAY") and sys.platform.startswith("linux"):
@@ -112,7 +140,9 @@ def run_app(argv: list[str] | None = None) -> int:
         return 0
 
     window.show()
-    return int(app.exec())
+    code = int(app.exec())
+    logger.info("app closed (exit status %d)", code)
+    return code
 
 
 if __name__ == "__main__":

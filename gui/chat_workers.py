@@ -14,9 +14,9 @@ Only frozen dataclasses cross threads.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +26,8 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.cancel import StopToken
 from gui.import_lock import heavy_imports_lock, import_heavy_libraries
+
+logger = logging.getLogger(__name__)
 
 # Loading is serialised under the GUI-wide import lock: transformers' lazy imports are not thread-safe
 # (two threads importing it for the first time at once fail with "cannot import name AutoTokenizer"; the
@@ -189,7 +191,7 @@ class ChatWorker(QObject):
                 message = str(exc)
             else:
                 message = f"{type(exc).__name__}: {exc}"
-                traceback.print_exc()
+                logger.exception("chat answer failed")
             self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, text="".join(pieces),
                                                 error=message, load_seconds=load_seconds))
 
@@ -287,8 +289,8 @@ class _TaskWorker(QObject):
             self.done.emit(TaskOutcome(self._name, cancelled=True))
         except StudioError as exc:
             self.done.emit(TaskOutcome(self._name, error=str(exc)))
-        except Exception as exc:  # unexpected: keep the traceback in the console, a message in the GUI
-            traceback.print_exc()
+        except Exception as exc:  # unexpected: the traceback goes to the log file, a message to the GUI
+            logger.exception("task %s failed unexpectedly", self._name)
             self.done.emit(TaskOutcome(self._name, error=f"{type(exc).__name__}: {exc}"))
         finally:
             # Quit from inside: the GUI thread may be blocked in wait() during shutdown.

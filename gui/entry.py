@@ -21,10 +21,30 @@ def main(argv: list[str] | None = None) -> int:
             from core.cli import main as cli_main
 
             return cli_main(["--help"])
-        return run_app(argv[1:] if argv and argv[0] == "gui" else argv)
+        return _exit_now(run_app(argv[1:] if argv and argv[0] == "gui" else argv))
     from core.cli import main as cli_main
 
     return cli_main(argv)
+
+
+def _exit_now(status: int) -> int:
+    """End the process once the window has closed, skipping the interpreter's final teardown.
+
+    Why: with PySide6 6.12 on Python 3.11 (where True/False are reference-counted), the last garbage
+    collection at interpreter exit can abort with "bool_dealloc: deallocating True or False" (a reference
+    count bug in a C extension, seen here depending only on which modules happen to be imported). Everything
+    the app writes is written and closed by now; only logging and stdio still hold buffers, flushed first.
+    """
+    import logging
+    import os
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken pipe: nothing more can be said through it
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,6 @@ def import_heavy_libraries() -> None:
                     for attr in _TRANSFORMERS_NAMES:
                         try:
                             getattr(module, attr)
-                        except (AttributeError, ImportError):
+                        except (AttributeError, ImportError):  # a name this transformers lacks: nothing to warm
                             pass
         _imported = True

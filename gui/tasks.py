@@ -18,6 +18,7 @@ Pass ``heavy_imports=False`` for a task that never touches them, so it does not 
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.cancel import StopToken
 from gui.import_lock import import_heavy_libraries
+
+logger = logging.getLogger(__name__)
 
 TaskFn = Callable[[Callable[[float | None, str], None], StopToken], Any]
 
@@ -49,6 +52,7 @@ class GuardedWorker(QObject):
             result = self.work()
         except BaseException as exc:  # noqa: BLE001 - every failure must reach the GUI, never kill the thread silently
             exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
+            log_worker_failure(type(self).__name__, exc)
             self.failed.emit(exc)
         else:
             self.succeeded.emit(result)
@@ -57,6 +61,19 @@ class GuardedWorker(QObject):
             # End the thread from this side: a queued quit would only be delivered by the GUI thread's
             # event loop, which is blocked while TaskGroup.shutdown()/wait_all() waits for this thread.
             QThread.currentThread().quit()
+
+
+def log_worker_failure(worker: str, exc: BaseException) -> None:
+    """A worker's failure in the log file: a stop at info, a message for the user (StudioError) at warning,
+    anything else (a bug) with its traceback."""
+    from core.errors import Cancelled, StudioError
+
+    if isinstance(exc, Cancelled):
+        logger.info("%s stopped: %s", worker, exc)
+    elif isinstance(exc, StudioError):
+        logger.warning("%s failed: %s", worker, exc, exc_info=exc)
+    else:
+        logger.error("%s failed unexpectedly", worker, exc_info=exc)
 
 
 class _Worker(GuardedWorker):

@@ -152,3 +152,30 @@ def test_dataset_statistics_set_memory_by_the_longest_and_time_by_the_typical_ba
     assert real.tokens_per_step == cfg.training.batch_size * cfg.training.gradient_accumulation * 23  # ceil(20 * 1.15)
     assert real.seconds_per_step < worst.seconds_per_step
     assert real.total_steps is not None and any("typical batches" in note for note in real.notes)
+
+
+def test_evaluation_cap_fits_the_time_share_of_training():
+    """All evaluations together take at most training.eval_time_share of the estimated training time on a
+    CPU; never fewer than MIN_EVAL_EXAMPLES; no cap on a GPU or with a share of 0."""
+    from core.estimate import MIN_EVAL_EXAMPLES, eval_cap, planned_evaluations
+
+    cfg = RunConfig()
+    cfg.training.eval_steps = 5
+    assert planned_evaluations(cfg, 10, step_zero=True) == 3  # steps 0, 5, 10
+    cfg.training.eval_steps = 4
+    assert planned_evaluations(cfg, 10, step_zero=False) == 3  # 4, 8 and the last step
+    cfg.training.eval_time_share = 0.15
+    cap = eval_cap(cfg, available=100, evaluations=3, train_seconds=60.0, seconds_per_example=0.1, device_kind="cpu")
+    assert cap.capped and cap.examples == 30 and cap.eval_seconds == pytest.approx(9.0)  # 15% of 60 s
+    assert "30 of 100 examples" in cap.describe() and "training.eval_time_share" in cap.describe()
+    assert cap.to_status()["eval_examples"] == 30
+    slow = eval_cap(cfg, available=100, evaluations=3, train_seconds=60.0, seconds_per_example=10.0, device_kind="cpu")
+    assert slow.examples == MIN_EVAL_EXAMPLES
+    fast = eval_cap(cfg, available=100, evaluations=3, train_seconds=600.0, seconds_per_example=0.01,
+                    device_kind="cpu")
+    assert not fast.capped and fast.examples == 100 and "all 100 examples" in fast.describe()
+    gpu = eval_cap(cfg, available=100, evaluations=3, train_seconds=60.0, seconds_per_example=10.0, device_kind="cuda")
+    assert gpu.examples == 100
+    cfg.training.eval_time_share = 0.0
+    off = eval_cap(cfg, available=100, evaluations=3, train_seconds=60.0, seconds_per_example=10.0, device_kind="cpu")
+    assert off.examples == 100

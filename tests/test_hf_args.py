@@ -138,6 +138,7 @@ HANDLED_ELSEWHERE = {
     "early_stopping_patience": "EarlyStoppingCallback in core.training",
     "early_stopping_threshold": "EarlyStoppingCallback in core.training",
     "max_eval_examples": "the eval dataset is sliced in core.training",
+    "eval_time_share": "the eval dataset is cut to a time budget in core.training (core.estimate.eval_cap)",
     "device": "the device argument (pick_device)",
 }
 

@@ -468,6 +468,53 @@ def test_qlora_refused_on_cpu_and_missing_model(cfg, tmp_path):
     assert len(list_runs(tmp_path / "ws")) == 2  # the report_to check refuses before creating a folder
 
 
+# --------------------------------------------------------------------------------------------- phases
+def test_every_phase_is_labelled_and_evaluations_report_examples_done(cfg, tmp_path):
+    """Loading, tokenizing, measuring the base model, training, evaluating and saving each have a phase;
+    every evaluation reports k/n held-out examples and ends at n/n. With a time share far below what any
+    evaluation costs, the held-out set is cut to the minimum (8 of 15), the same examples every time; the
+    cap is a status line and status.json keeps it."""
+    from core.training import train
+
+    cfg.data.test_fraction = 0.5
+    cfg.training.eval_time_share = 1e-9
+    events = []
+    result = train(cfg, workspace=tmp_path / "ws", sinks=[CallbackSink(on_status=events.append)])
+    assert result.state == "finished"
+    phases = [event.phase for event in events if event.phase]
+    assert list(dict.fromkeys(phases)) == ["loading", "tokenizing", "measuring_base", "training", "evaluating",
+                                           "saving"]
+    cap_lines = [event.message for event in events if event.message.startswith("held-out evaluation")]
+    assert cap_lines and "8 of 15 examples" in cap_lines[0] and "training.eval_time_share" in cap_lines[0]
+    status = read_status(result.run_dir)
+    assert status["eval_examples"] == 8 and status["eval_examples_available"] == 15 and status["eval_capped"]
+    for phase, step in (("measuring_base", 0), ("evaluating", 3), ("evaluating", 6)):
+        tag = "(step 0)" if step == 0 else f"at step {step}:"
+        progress = [event for event in events if event.phase == phase and tag in event.message]
+        assert progress[0].fraction == 0.0 and progress[0].message.endswith("0/8 held-out examples")
+        assert progress[-1].fraction == 1.0 and progress[-1].message.endswith("8/8 held-out examples")
+        assert all(event.step is None for event in progress)
+    assert any(event.message == "saving checkpoint-3" for event in events)
+    assert [r["step"] for r in read_metrics(result.run_dir) if r["kind"] == "eval"] == [0, 3, 6]
+
+
+def test_resumed_run_evaluates_the_examples_of_its_first_session(tmp_path, cfg):
+    from datasets import Dataset
+
+    from core.runs import write_status
+    from core.training import _cap_evaluation
+
+    held_out = Dataset.from_dict({"input_ids": [[1, 2, 3]] * 15})
+    write_status(tmp_path, state="stopped", eval_examples=8)
+    assert len(_cap_evaluation(cfg, tmp_path, [], None, "cpu", None, held_out, 6, resuming=True)) == 8
+    cfg.training.eval_time_share = 0.0  # no time cap: every held-out example
+    events = []
+    kept = _cap_evaluation(cfg, tmp_path, [CallbackSink(on_status=events.append)], None, "cpu", None, held_out, 6,
+                           resuming=False)
+    assert len(kept) == 15 and read_status(tmp_path)["eval_examples"] == 15
+    assert events[0].message == "held-out evaluation: all 15 examples"
+
+
 # --------------------------------------------------------------------------------------------- CLI
 def test_cli_train_flags_and_runs_table(cfg, tmp_path, capsys):
     from core.cli import main

@@ -1,4 +1,5 @@
-"""`python main.py data inspect|export`: look at a dataset as the model will see it, or write it out."""
+"""`python main.py data inspect|check|export`: look at a dataset as the model will see it, check it for
+duplicates, leakage and other problems before training, or write it out."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from core.errors import DataError
 
 
 def register(subparsers) -> None:
-    """Add the ``data`` command and its ``inspect`` / ``export`` sub-commands."""
+    """Add the ``data`` command and its ``inspect`` / ``check`` / ``export`` sub-commands."""
     parser = subparsers.add_parser("data", help="inspect or export a dataset",
                                    description="Look at a dataset the way the model will see it.")
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
@@ -22,6 +23,20 @@ def register(subparsers) -> None:
     _common(inspect)
     inspect.add_argument("--examples", type=int, default=3, help="how many rendered examples to show (default 3)")
     inspect.set_defaults(func=run_inspect)
+
+    check = actions.add_parser(
+        "check", help="find duplicates, leakage, empty answers, placeholders and extreme lengths",
+        description="Check a dataset before training: exact and near-duplicate questions, held-out examples that "
+                    "also occur in the training split, empty or one-character answers, one answer repeated across "
+                    "many rows, template placeholders, extreme lengths. Each finding lists its rows; leave them out "
+                    "of a run with --set 'data.drop_rows=[...]' (the file is never modified).")
+    _common(check)
+    check.add_argument("--near", type=float, default=0.8, metavar="SIMILARITY",
+                       help="how similar two questions must be to count as near duplicates (0-1, default 0.8)")
+    check.add_argument("--test-fraction", type=float, default=0.1,
+                       help="held-out share, as in the run (default 0.1): the leakage check uses the same split")
+    check.add_argument("--split-seed", type=int, default=42, help="seed of the held-out split, as in the run")
+    check.set_defaults(func=run_check)
 
     export = actions.add_parser("export", help="write the rendered examples (text + prompt/answer) as JSONL")
     _common(export)
@@ -35,9 +50,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", choices=TEMPLATES, default="classic", help="prompt template (default classic)")
     parser.add_argument("--custom-template", help="the template text when --template custom")
     parser.add_argument("--schema", choices=SCHEMAS, default="auto", help="column format (default: detect)")
-    parser.add_argument("--map", action="append", default=[], metavar="ROLE=COLUMN",
-                        help="which column plays a role, e.g. --map question=prompt_text (repeatable)")
-    parser.add_argument("--model", help="model whose tokenizer counts tokens (default: the bundled model)")
+    add_map_argument(parser)
+    parser.add_argument("--preference", choices=("refuse", "chosen_only"), default="refuse",
+                        help="preference data (DPO chosen/rejected, KTO label): refuse it (default), or use the "
+                             "chosen answers / the rows labelled true only")
+    parser.add_argument("--drop-rows", metavar="ROWS", default="",
+                        help="rows to leave out, e.g. 3,17,40-45 (row numbers as the reports show them)")
+    parser.add_argument("--model", help="model whose tokenizer counts tokens (default: the bundled model; "
+                                        "`data check` counts characters without --model)")
     parser.add_argument("--max-length", type=int, default=256, help="max length in tokens (default 256)")
     parser.add_argument("--split", default="train", help="split of a Hub dataset or dataset folder")
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip unusable rows instead of stopping")
@@ -46,17 +66,54 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add_consent_arguments(parser)  # for --model's tokenizer
 
 
-def data_config_from_args(args) -> DataConfig:
-    """The DataConfig the command-line options describe."""
+def add_map_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--map ROLE=COLUMN`` option shared by ``train`` and the ``data`` commands."""
+    parser.add_argument("--map", action="append", default=[], metavar="ROLE=COLUMN",
+                        help="which column plays a role, e.g. --map question=tip_question --map answer=tip_answer "
+                             "(repeatable; a nested JSON key is written parent.child; a mapping always wins over "
+                             "detection). Roles: question, answer, instruction, input, output, prompt, completion, "
+                             "text, messages, system, chosen, rejected, label")
+
+
+def column_map_from_args(items: list[str]) -> dict[str, str]:
+    """{role: column} from ``--map ROLE=COLUMN`` items; ConfigError (naming data.column_map) for a bad one."""
     column_map = {}
-    for item in args.map:
+    for item in items or []:
         role, sep, column = item.partition("=")
         if not sep or not role.strip() or not column.strip():
             raise ConfigError("data.column_map", f"--map expects ROLE=COLUMN, got {item!r}")
         column_map[role.strip()] = column.strip()
-    cfg = DataConfig(source=args.source, hub_split=args.split, schema=args.schema, column_map=column_map,
-                     template=args.template, skip_bad_rows=args.skip_bad_rows,
-                     clean_whitespace=not args.keep_whitespace, train_on_answers_only=not args.all_tokens)
+    return column_map
+
+
+def parse_rows(text: str) -> list[int]:
+    """Row numbers from ``3,17,40-45`` (ranges inclusive)."""
+    rows: set[int] = set()
+    for part in (text or "").replace(" ", "").split(","):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        try:
+            low, high = int(first), int(last) if dash else int(first)
+        except ValueError:
+            raise ConfigError("data.drop_rows", f"--drop-rows expects row numbers like 3,17,40-45, got {part!r}") from None
+        if low < 1 or high < low:
+            raise ConfigError("data.drop_rows", f"--drop-rows: {part!r} is not a row number or range")
+        rows.update(range(low, high + 1))
+    return sorted(rows)
+
+
+def data_config_from_args(args) -> DataConfig:
+    """The DataConfig the command-line options describe."""
+    cfg = DataConfig(source=args.source, hub_split=args.split, schema=args.schema,
+                     column_map=column_map_from_args(args.map), template=args.template,
+                     skip_bad_rows=args.skip_bad_rows, clean_whitespace=not args.keep_whitespace,
+                     train_on_answers_only=not args.all_tokens, preference=args.preference,
+                     drop_rows=parse_rows(args.drop_rows))
+    if getattr(args, "test_fraction", None) is not None:
+        cfg.test_fraction = args.test_fraction
+    if getattr(args, "split_seed", None) is not None:
+        cfg.split_seed = args.split_seed
     if args.custom_template is not None:
         cfg.custom_template = args.custom_template.replace("\\n", "\n")
     return cfg
@@ -99,6 +156,22 @@ def run_inspect(args) -> int:
     if note:
         print(note)
     print(inspect_report(cfg, tokenizer, n_examples=args.examples, max_length=args.max_length))
+    return 0
+
+
+def run_check(args) -> int:
+    """``data check``: the findings of core.data.run_checks, with row numbers and how to leave them out."""
+    cfg = data_config_from_args(args)
+    if not 0 < args.near <= 1:
+        raise ConfigError("--near", f"expects a similarity between 0 and 1, got {args.near}")
+    tokenizer = None
+    if args.model or cfg.template == "chat":
+        record_cli_consent(args, args.model)
+        tokenizer, _ = load_tokenizer_for(args.model, required=True)
+    from core.data import run_checks
+
+    report = run_checks(cfg, tokenizer, args.max_length if tokenizer is not None else None, near_threshold=args.near)
+    print(report.text())
     return 0
 
 

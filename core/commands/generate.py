@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from core.cancel import StopToken, stop_on_ctrl_c
+from core.commands.progress import ProgressBar
 from core.consent import add_consent_arguments, models_loaded_by, record_cli_consent
 
 
@@ -74,11 +75,6 @@ def _ctrl_c_stops(stop: StopToken):
     return stop_on_ctrl_c(stop, "stopping... (Ctrl+C again to abort)")
 
 
-def _progress(fraction, message) -> None:
-    percent = f"{fraction * 100:5.1f}% " if fraction is not None else ""
-    print(f"{percent}{message}", file=sys.stderr)
-
-
 def _record_consent(args, source, checkpoint) -> None:
     """--trust-remote-code / --allow-pickle: recorded for the models this command loads (base + full weights)."""
     if getattr(args, "trust_remote_code", False) or getattr(args, "allow_pickle", False):
@@ -135,8 +131,8 @@ def run_evaluate(args) -> int:
     if args.max_new_tokens is not None:
         gen.max_new_tokens = args.max_new_tokens
     stop = StopToken()
-    with _ctrl_c_stops(stop):
-        report = evaluate_run(args.run_dir, data_cfg=data_cfg, n=args.n, gen_cfg=gen, progress=_progress, stop=stop,
+    with _ctrl_c_stops(stop), ProgressBar("evaluating") as progress:
+        report = evaluate_run(args.run_dir, data_cfg=data_cfg, n=args.n, gen_cfg=gen, progress=progress, stop=stop,
                               checkpoint=args.checkpoint)
     print(f"evaluated on {report.split} ({report.n_loss_examples} examples for the loss, "
           f"{len(report.rows)} questions answered)")
@@ -146,13 +142,18 @@ def run_evaluate(args) -> int:
 
 
 def run_export(args) -> int:
+    with ProgressBar("exporting") as progress:
+        return _export(args, progress)
+
+
+def _export(args, progress) -> int:
     from core.export import base_model_reference, export_adapter, export_merged, export_script
 
     _record_consent(args, args.run_dir, None if args.script else args.checkpoint)
     if args.script:
         if args.checkpoint:
             print("note: --checkpoint does not apply to --script (it re-runs the whole training)", file=sys.stderr)
-        path = export_script(args.run_dir, args.output, progress=_progress)
+        path = export_script(args.run_dir, args.output, progress=progress)
         print(f"exported to {path}")
         return 0
     reference = base_model_reference(args.run_dir)
@@ -165,7 +166,7 @@ def run_export(args) -> int:
         from core.gguf_export import export_gguf
 
         result = export_gguf(args.run_dir, args.output, checkpoint=args.checkpoint, quant=args.quant,
-                             base_model=args.base_model, progress=_progress)
+                             base_model=args.base_model, progress=progress)
         print(f"exported to {result.folder}")
         print(f"  GGUF:      {result.gguf_path} ({result.gguf_path.stat().st_size / 2**20:.1f} MiB, {result.quant})")
         print(f"  Modelfile: {result.modelfile_path}")
@@ -174,9 +175,9 @@ def run_export(args) -> int:
         return 0
     if args.merged:
         path = export_merged(args.run_dir, args.output, checkpoint=args.checkpoint, base_model=args.base_model,
-                             progress=_progress)
+                             progress=progress)
     else:
         path = export_adapter(args.run_dir, args.output, checkpoint=args.checkpoint, base_model=args.base_model,
-                              progress=_progress)
+                              progress=progress)
     print(f"exported to {path}")
     return 0

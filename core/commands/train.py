@@ -117,7 +117,7 @@ def _quiet_library_progress_bars() -> None:
 
 
 def run_train(args) -> int:
-    from core.metrics import ConsoleSink
+    from core.commands.progress import TrainingConsole
     from core.training import train
 
     cfg = build_config(args)
@@ -139,13 +139,13 @@ def run_train(args) -> int:
         probe_kwargs["probe_max_new_tokens"] = args.probe_tokens
     stop = StopToken()
     with stop_on_ctrl_c(stop):
-        result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[ConsoleSink()], stop=stop,
+        result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[TrainingConsole()], stop=stop,
                        **probe_kwargs)
     return _report(result)
 
 
 def run_resume(args) -> int:
-    from core.metrics import ConsoleSink
+    from core.commands.progress import TrainingConsole
     from core.runs import load_run_config
     from core.training import resume
 
@@ -154,7 +154,7 @@ def run_resume(args) -> int:
     _quiet_library_progress_bars()
     stop = StopToken()
     with stop_on_ctrl_c(stop):
-        result = resume(Path(args.run_dir), checkpoint=args.checkpoint, sinks=[ConsoleSink()], stop=stop)
+        result = resume(Path(args.run_dir), checkpoint=args.checkpoint, sinks=[TrainingConsole()], stop=stop)
     return _report(result)
 
 

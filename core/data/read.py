@@ -134,7 +134,7 @@ def _read_json(path: Path, *, max_rows=None, skip_bad_rows=False, stop=None, pro
                 data = _read_jsonl(path, max_rows=max_rows, skip_bad_rows=skip_bad_rows, stop=stop, progress=progress)
                 data.kind = "jsonl"
                 return data
-        except json.JSONDecodeError:
+        except json.JSONDecodeError:  # not JSON Lines either: the error below describes the JSON problem
             pass
         raise DataError(f"malformed JSON ({exc.msg} at column {exc.colno})", source=str(path),
                         line=exc.lineno) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,6 +46,8 @@ from gui.chat_workers import ChatAnswer, ChatPaneThread, ChatRequest, ChatStatus
 from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
 from gui.widgets.run_picker import add_run_item, fill_checkpoints, first_enabled_run
+
+logger = logging.getLogger(__name__)
 
 SIDES = ("base", "tuned")
 _SIDE_TITLES = {"base": "Base model", "tuned": "Fine-tuned"}
@@ -414,8 +417,8 @@ class ChatPage(QWidget):
 
                 run_config = load_run_config(run_dir)
                 base_model, template = run_config.model.name_or_path, f"'{run_config.data.template}'"
-            except Exception:  # unreadable config: the worker will report it when asked
-                pass
+            except Exception:  # unreadable config: safe, the subtitle stays generic and the worker reports it
+                logger.debug("%s: config.yaml unreadable for the chat subtitle", run_dir, exc_info=True)
             self.panes["base"].subtitle.setText(f"{base_model} (without the fine-tuning) · prompt in the run's "
                                                 f"{template} template, as the fine-tuned side")
             self.panes["tuned"].subtitle.setText(f"{Path(run_dir).name} · {self.checkpoint_combo.currentText()}")

@@ -3,6 +3,7 @@ memory, compute per step and architecture for the chosen training method."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
 from gui.widgets.page_heading import themed_page_layout
 from gui.widgets.status_strip import BusyIndicator, ErrorBanner, ErrorBannerHost
+
+logger = logging.getLogger(__name__)
 
 BUNDLED = "bundled:SmolLM2-135M-Instruct"
 HUB_SUGGESTIONS = ["EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -98,8 +101,8 @@ def load_model_job(cfg, progress, stop) -> LoadedModel:
     tokenizer = None
     try:
         tokenizer = models.load_tokenizer(cfg.model)
-    except Exception:  # noqa: BLE001 - the tokenizer only tells whether a chat template exists
-        pass
+    except Exception:  # noqa: BLE001 - safe: the tokenizer only tells whether a chat template exists
+        logger.debug("no tokenizer for %s; chat template unknown", cfg.model.name_or_path, exc_info=True)
     progress(None, "counting parameters")
     info = models.model_info(model, cfg.method, batch_size=cfg.training.batch_size,
                              seq_len=cfg.training.max_length, tokenizer=tokenizer)
