@@ -64,7 +64,8 @@ class FieldProblem:
         return f"{self.field}: {self.message}"
 
 
-SCHEMAS = ("auto", "question_answer", "alpaca", "prompt_completion", "input_output", "text", "messages")
+SCHEMAS = ("auto", "question_answer", "alpaca", "prompt_completion", "input_output", "text", "messages", "preference",
+           "kto")
 TEMPLATES = ("classic", "alpaca", "chat", "plain", "custom")
 
 
@@ -94,9 +95,37 @@ class DataConfig:
     column_map: dict = opt(
         {},
         "Which column plays which role, e.g. {question: prompt_text, answer: reply}. Empty means the "
-        "detected mapping. Roles: question, answer, instruction, input, output, prompt, completion, "
-        "text, messages.",
+        "detected mapping; a mapping always wins over detection. Roles: question, answer, instruction, input, "
+        "output, prompt, completion, text, messages, system, chosen, rejected, label. A nested JSON key is "
+        "written parent.child.",
         label="Column mapping",
+        advanced=True,
+    )
+    preference: str = opt(
+        "refuse",
+        "What to do with preference data (DPO: prompt/chosen/rejected; KTO: prompt/completion/label). "
+        "`refuse` stops with an explanation: such data is meant for DPO/KTO, and fine-tuning on it as it is "
+        "would learn the rejected answers too. `chosen_only` trains on the chosen answers only (DPO) or only "
+        "on the rows labelled true (KTO).",
+        label="Preference data",
+        choices=("refuse", "chosen_only"),
+        advanced=True,
+    )
+    drop_rows: list = opt(
+        [],
+        "Row numbers of the file to leave out of this run (as the data page and `data check` show them: "
+        "the line of a JSONL file, the spreadsheet row of a CSV). The file itself is never modified.",
+        label="Rows to leave out",
+        advanced=True,
+    )
+    text_chunk_chars: int = opt(
+        1000,
+        "Plain text files (.txt, .md) are cut into pieces of about this many characters, at paragraph "
+        "breaks when possible (continued pre-training). About 4 characters make a token in English: keep it "
+        "near 4 x the max length; the end of a longer piece is cut off by the max length.",
+        label="Text piece size (characters)",
+        min=50,
+        max=10**7,
         advanced=True,
     )
     template: str = opt(

@@ -351,6 +351,17 @@ def evaluate_run(run_dir, *, data_cfg: DataConfig | None = None, n: int | None =
     return report
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell a spreadsheet shows as text: a string that starts like a formula (= + - @, tab, carriage
+    return) gets a leading ' (OWASP's advice against CSV injection); numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_evaluation(report: EvaluationReport, cfg: RunConfig, metrics: list[dict]) -> None:
     """Write comparison.jsonl / .csv, metrics.json and report.html into ``report.output_dir``."""
     out = report.output_dir
@@ -361,7 +372,7 @@ def write_evaluation(report: EvaluationReport, cfg: RunConfig, metrics: list[dic
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     for row in report.rows:
-        writer.writerow(row.flat())
+        writer.writerow({key: spreadsheet_safe(value) for key, value in row.flat().items()})
     files = {"comparison.jsonl": jsonl, "comparison.csv": buffer.getvalue(),
              "metrics.json": json.dumps(report.metrics_dict(), indent=2) + "\n",
              "report.html": render_report_html(report, cfg, metrics)}

@@ -524,9 +524,11 @@ def test_inspect_report(tmp_path, tokenizer):
     source = write_jsonl(tmp_path / "r.jsonl", rows)
     report = inspect_report(cfg(source), tokenizer, n_examples=3, max_length=32)
     assert "question_answer" in report and "found the columns question, answer" in report
-    assert "5 usable, 0 bad" in report and "⟦0⟧" in report and "wrapped in ⟦ ⟧" in report
-    assert report.count("--- Example") == 3
-    assert "1 of 5 examples (20.0%) are longer than max length 32" in report
+    assert "Rows:      5 rows in the file · 5 usable · 4 train / 1 held-out" in report
+    assert "⟦0⟧" in report and "wrapped in ⟦ ⟧" in report
+    assert report.count("--- Example") == 3 and "--- Example 1 of 5 (line 1) ---" in report
+    assert "1 of 5 examples (20.0%) are longer than max length 32 and would be truncated: line 5" in report
+    assert "longest: line 5 (" in report and "99% " in report
     rough = inspect_report(cfg(source), None)
     assert "approximate" in rough
 

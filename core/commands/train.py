@@ -17,6 +17,7 @@ from pathlib import Path
 
 from core.cancel import StopToken
 from core.cancel import stop_on_ctrl_c as _stop_on_ctrl_c
+from core.commands.data import add_map_argument, column_map_from_args
 from core.config import RunConfig
 from core.consent import add_consent_arguments, record_cli_consent
 
@@ -40,6 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", metavar="FILE", help="a run configuration YAML (e.g. examples/quickstart.yaml)")
     p.add_argument("--model", help="base model: bundled:SmolLM2-135M-Instruct, a folder, or a Hub id")
     p.add_argument("--data", help="dataset: a file, a folder, a Hub id, or sample:<topic>")
+    add_map_argument(p)
     p.add_argument("--method", choices=("lora", "full", "prefix", "qlora"))
     p.add_argument("--max-steps", type=int)
     p.add_argument("--learning-rate", type=float)
@@ -80,6 +82,9 @@ def build_config(args) -> RunConfig:
         value = getattr(args, flag, None)
         if value is not None:
             cfg.set_value(dotted, value)
+    if getattr(args, "map", None):
+        # --map adds to (and overrides) the column mapping of --config, role by role
+        cfg.data.column_map = {**(cfg.data.column_map or {}), **column_map_from_args(args.map)}
     if getattr(args, "name", None):
         cfg.name = args.name
     for item in getattr(args, "set", None) or []:
@@ -125,6 +130,10 @@ def run_train(args) -> int:
         setattr(cfg.model, kind, True)  # the run records what it needed; the consent itself stays on this machine
     cfg.validate()
     _quiet_library_progress_bars()
+    from core.data import require_trainable
+
+    # Unusable data stops here, with one message, before a run folder exists.
+    require_trainable(cfg.data)
     probe_kwargs = {}
     if getattr(args, "probe", None):
         probe_kwargs["probes"] = args.probe
