@@ -350,13 +350,13 @@ def ollama_template(fmt: PromptFormat) -> str:
     return head + "{{ .Response }}" + _go_text(fmt.answer_end)
 
 
-def ollama_modelfile(gguf_name: str, fmt: PromptFormat, generation_cfg=None) -> str:
+def ollama_modelfile(gguf_name: str, fmt: PromptFormat, generation_cfg=None, *, model_name: str = "my-model") -> str:
     """An Ollama Modelfile: FROM the GGUF beside it, the TEMPLATE, stop tokens and the run's sampling."""
     template = ollama_template(fmt)
     if '"""' in template:
         raise ModelError('GGUF export: the prompt template contains """, which a Modelfile cannot quote')
     lines = [
-        "# Ollama: ollama create my-model -f Modelfile && ollama run my-model",
+        f"# Ollama: ollama create {model_name} -f Modelfile && ollama run {model_name}",
         f"FROM ./{gguf_name}",
         f'TEMPLATE """{template}"""',
     ]
@@ -411,7 +411,7 @@ def export_gguf(run_dir, out_dir, *, checkpoint=None, quant: str = "f16", base_m
         count = write_gguf(model, tokenizer, tmp / gguf_name, quant=quant, name=cfg.name or resolved.run_dir.name,
                            chat_template=chat_template, progress=progress)
         del model
-        atomic_write_text(tmp / "Modelfile", ollama_modelfile(gguf_name, fmt, cfg.generation))
+        atomic_write_text(tmp / "Modelfile", ollama_modelfile(gguf_name, fmt, cfg.generation, model_name=name))
         _copy_training_config(resolved, tmp)
         how = f"""llama.cpp: `llama-cli -m {gguf_name} -cnv` (the chat template is in the file).
 

@@ -211,3 +211,168 @@ def test_only_llama_models(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     with pytest.raises(ModelError, match="unknown weight type"):
         export_gguf(run, tmp_path / "out", quant="q4_k")
+
+
+# ----------------------------------------------------------------------------------------------
+# The quickstart run (bundled SmolLM2, 2 real LoRA steps), exported and opened by real clients
+# ----------------------------------------------------------------------------------------------
+
+LONG_PROMPTS = ["Explain why the sky is blue.", "Write a short poem about the sea.",
+                "Give three tips for learning a new language."]
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    from core.config import RunConfig
+    from core.training import train
+
+    cfg = RunConfig.load(Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml")
+    cfg.training.max_steps = 2
+    cfg.training.save_steps = 2
+    cfg.training.eval_steps = 2
+    cfg.training.max_eval_examples = 4
+    cfg.training.eval_before_training = False
+    cfg.training.load_best_model_at_end = False
+    cfg.training.device = "cpu"
+    run_dir = tmp_path_factory.mktemp("quickstart") / "quickstart-2-steps"
+    result = train(cfg, run_dir=run_dir)
+    assert (run_dir / "final" / "adapter_model.safetensors").is_file(), result
+    return run_dir
+
+
+def _transformers_answers(run_dir, n_tokens):
+    """The app's fine-tuned model (base + adapter, as the Chat page loads it): prompt ids and greedy tokens."""
+    import torch
+
+    from core.generation import ModelSession
+
+    session = ModelSession(run_dir, device="cpu")
+    answers = []
+    for question in LONG_PROMPTS:
+        text, ids = session.build_prompt(question)
+        with torch.no_grad(), session.model_for(True) as model:
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=n_tokens, do_sample=False, repetition_penalty=1.0,
+                                 pad_token_id=session.tokenizer.pad_token_id)
+        answers.append((text, ids, out[0, len(ids):].tolist()))
+    return answers, session.tokenizer
+
+
+def _matching_prefix(a, b) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_quickstart_gguf_answers_like_transformers_in_llama_cpp(quickstart_run, tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from core.gguf_export import export_gguf
+
+    n_tokens = 16
+    expected, tokenizer = _transformers_answers(quickstart_run, n_tokens)
+    report = {}
+    for quant in ("f16", "q8_0"):
+        result = export_gguf(quickstart_run, tmp_path / quant, quant=quant)
+        llm = llama_cpp.Llama(model_path=str(result.gguf_path), n_ctx=512, n_threads=2, seed=0, verbose=False)
+        matches = []
+        for text, ids, answer in expected:
+            # llama.cpp reads the prompt text into the same tokens (special tokens included, no BOS added).
+            assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == ids
+            got = []
+            for token in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+                got.append(token)
+                if token == llm.token_eos() or len(got) == n_tokens:
+                    break
+            matches.append(_matching_prefix(got, answer))
+            if quant == "f16":
+                assert got == answer, (text, tokenizer.decode(got), tokenizer.decode(answer))
+        report[quant] = {"matching tokens": matches, "of": [len(a) for _, _, a in expected],
+                         "MiB": round(result.gguf_path.stat().st_size / 2**20, 1)}
+        del llm
+    print("\nllama.cpp vs transformers, greedy:", json.dumps(report))
+    assert all(len(a) == n_tokens for _, _, a in expected)  # long answers: all 16 tokens compared
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_quickstart_adapter_loads_on_another_machine(quickstart_run, tmp_path):
+    """Different HOME (no app cache), base pulled by Hub id from an offline HF cache holding the converted model."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from hub_cache import populate_hub_cache
+
+    from core.export import export_adapter
+    from core.generation import ModelSession
+    from core.models import BUNDLED_HUB_ID, ensure_bundled_model
+
+    out = export_adapter(quickstart_run, tmp_path / "adapter")
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == BUNDLED_HUB_ID
+    other = tmp_path / "other-machine"
+    populate_hub_cache(other / "hf-home", BUNDLED_HUB_ID, ensure_bundled_model(), link=True)
+    (other / "home").mkdir()
+    session = ModelSession(quickstart_run, device="cpu")
+    text, ids = session.build_prompt(LONG_PROMPTS[0])
+    script = f"""
+import json, torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+model = AutoPeftModelForCausalLM.from_pretrained(".").eval()
+ids = AutoTokenizer.from_pretrained(".")({text!r}, add_special_tokens=False, return_tensors="pt").input_ids
+assert ids[0].tolist() == {ids!r}
+with torch.no_grad():
+    print(json.dumps(model(ids).logits[0, -1].tolist()))
+"""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "FINETUNE_STUDIO"))}
+    env.update(HOME=str(other / "home"), HF_HOME=str(other / "hf-home"), HF_HUB_OFFLINE="1", PYTHONPATH="",
+               TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run([sys.executable, "-c", script], cwd=out, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
+    with torch.no_grad(), session.model_for(True) as tuned:
+        expected = tuned(torch.tensor([ids])).logits[0, -1]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_quickstart_gguf_is_laid_out_like_llama_cpp_converter_output(quickstart_run, tmp_path):
+    """The bundled SmolLM2 GGUF was written by llama.cpp's converter: ours must have the same tokenizer, the same
+    hyper-parameters and tensors, and the same (permuted) q/k rows, up to that file's 4-bit rounding."""
+    import gguf
+
+    from core.gguf_export import export_gguf
+    from core.models import bundled_gguf_path
+
+    ours = gguf.GGUFReader(export_gguf(quickstart_run, tmp_path / "gguf").gguf_path)
+    reference = gguf.GGUFReader(bundled_gguf_path())
+    same_keys = [key for key in reference.fields if key.startswith(("llama.", "tokenizer."))
+                 and key != "tokenizer.ggml.add_space_prefix"]
+    assert len(same_keys) > 15
+    for key in same_keys:
+        assert _field(ours, key) == _field(reference, key), key
+    ours_tensors = {t.name: t for t in ours.tensors}
+    reference_tensors = {t.name: t for t in reference.tensors}
+    assert {n: list(t.shape) for n, t in ours_tensors.items()} == {n: list(t.shape) for n, t in
+                                                                  reference_tensors.items()}
+
+    def values(tensor):
+        flat = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        return np.asarray(flat, dtype=np.float32).reshape(list(reversed([int(d) for d in tensor.shape])))
+
+    for name in ("blk.0.attn_q.weight", "blk.7.attn_k.weight", "blk.29.ffn_down.weight"):
+        mine, theirs = values(ours_tensors[name]), values(reference_tensors[name])
+        error = np.abs(mine - theirs).max()
+        assert error < 0.05 * np.abs(theirs).max(), (name, error)  # our f16 = their 4-bit + a 2-step LoRA
+        if "attn_q" in name or "attn_k" in name:  # un-permuted rows would be far off
+            heads = 9 if "attn_q" in name else 3
+            undone = mine.reshape(heads, mine.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(mine.shape)
+            assert np.abs(undone - theirs).max() > 4 * error
