@@ -510,7 +510,7 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
             if self.training_started or state.global_step > 0:
                 message, phase = f"evaluating at step {state.global_step}: {count}", "evaluating"
             else:
-                message, phase = f"measuring the base model's eval loss (step 0): {count}", "measuring_base"
+                message, phase = f"measuring the base model: {count}", "measuring_base"
             # No step: the progress bar shows this evaluation's k/n until the next training step.
             _emit_status(sinks, StatusEvent("running", message, fraction=fraction, phase=phase))
 

@@ -216,3 +216,35 @@ def test_training_errors_are_shown_and_the_page_keeps_working(page, qtbot, tmp_p
     assert page.run_state == "failed"
     assert page.error_banner.isVisibleTo(page) and "missing.jsonl" in page.error_text.text()
     assert page.start_button.isEnabled()
+
+
+def test_elapsed_clock_ticks_in_every_phase_from_the_start(page, monkeypatch):
+    """The elapsed clock runs from the moment the run is busy, not from the first training step: a fake
+    clock moves 7 s while no point has arrived (loading, measuring the base model) and the label follows;
+    an evaluation's k/n shows in the progress bar; the first point brings the run's own elapsed time. The
+    repeating timer stops when the run is no longer busy."""
+    import types
+
+    import gui.pages.train_page as module
+    from core.metrics import MetricPoint, StatusEvent
+    from gui.workers import TrainingController
+
+    now = [1000.0]
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: now[0], strftime=time.strftime))
+    monkeypatch.setattr(TrainingController, "is_busy", property(lambda self: True))
+    page._on_busy_changed(True)
+    assert page._stats_timer.isActive() and not page._stats_timer.isSingleShot()
+    now[0] += 7.0
+    page._show_stats()  # what the timer does every STATS_INTERVAL_MS
+    assert page.stat_elapsed.value.text() == "0:07"
+    page._on_status(StatusEvent("running", "measuring the base model: 8/16 held-out examples", fraction=0.5,
+                                phase="measuring_base"))
+    assert "8/16 held-out examples" in page.progress_bar.format() and page.progress_bar.value() == 500
+    page._on_metric(MetricPoint(kind="train", step=1, total_steps=10, loss=2.0, elapsed_seconds=30.0))
+    page._show_stats()
+    now[0] += 2.0
+    page._show_stats()
+    assert page.stat_elapsed.value.text() == "0:32"
+    monkeypatch.setattr(TrainingController, "is_busy", property(lambda self: False))
+    page._on_busy_changed(False)
+    assert not page._stats_timer.isActive()

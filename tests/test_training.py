@@ -489,7 +489,7 @@ def test_every_phase_is_labelled_and_evaluations_report_examples_done(cfg, tmp_p
     status = read_status(result.run_dir)
     assert status["eval_examples"] == 8 and status["eval_examples_available"] == 15 and status["eval_capped"]
     for phase, step in (("measuring_base", 0), ("evaluating", 3), ("evaluating", 6)):
-        tag = "(step 0)" if step == 0 else f"at step {step}:"
+        tag = "measuring the base model:" if step == 0 else f"at step {step}:"
         progress = [event for event in events if event.phase == phase and tag in event.message]
         assert progress[0].fraction == 0.0 and progress[0].message.endswith("0/8 held-out examples")
         assert progress[-1].fraction == 1.0 and progress[-1].message.endswith("8/8 held-out examples")

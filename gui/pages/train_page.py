@@ -241,7 +241,10 @@ class TrainPage(QWidget):
         self._latest_point = None  # the newest MetricPoint not shown in the numbers yet
         self._latest_train_loss: float | None = None
         self._stats_timer = QTimer(self)
-        self._stats_timer.setSingleShot(True)
+        # Repeats while a run is busy, so the elapsed clock ticks in every phase (loading, measuring the base
+        # model...), not only when a training step is logged.
+        self._stats_timer.setSingleShot(False)
+        self._clock: tuple[float, float] | None = None  # (the run's elapsed seconds, time.monotonic() then)
         self._stats_timer.setInterval(STATS_INTERVAL_MS)
         self._stats_timer.timeout.connect(self._show_stats)
         self._estimate_timer = QTimer(self)
@@ -1089,10 +1092,14 @@ class TrainPage(QWidget):
 
     def _show_stats(self) -> None:
         """Show the latest point's progress, time, speed, memory and losses."""
-        self._stats_timer.stop()
+        if not self.controller.is_busy:
+            self._stats_timer.stop()
+        elif self._clock is not None:
+            self.stat_elapsed.set(format_duration(self._clock[0] + time.monotonic() - self._clock[1]))
         point, self._latest_point = self._latest_point, None
         if point is None:
             return
+        self._clock = (point.elapsed_seconds, time.monotonic())
         total = point.total_steps or 0
         if total:
             self.progress_bar.setValue(int(1000 * min(point.step / total, 1.0)))
@@ -1186,6 +1193,11 @@ class TrainPage(QWidget):
 
     @Slot(bool)
     def _on_busy_changed(self, busy: bool) -> None:
+        if busy:  # the clock runs from the start (the first point brings the run's own elapsed time)
+            self._clock = (0.0, time.monotonic())
+            self._stats_timer.start()
+        else:
+            self._stats_timer.stop()
         if not busy:
             self.refresh_resumable()
         self._update_buttons()
