@@ -15,6 +15,7 @@ import csv
 import html
 import io
 import json
+import logging
 import math
 import re
 import string
@@ -26,6 +27,8 @@ from core.cancel import ProgressFn, StopToken
 from core.config import DataConfig, GenerationConfig, RunConfig, atomic_write_text
 from core.errors import DataError, ModelError
 from core.jsonl import to_jsonl
+
+logger = logging.getLogger(__name__)
 
 SCORE_NAMES = ("bleu", "rouge1", "rouge2", "rougeL", "exact_match")
 DEFAULT_N = 20
@@ -289,6 +292,8 @@ def evaluate_run(run_dir, *, data_cfg: DataConfig | None = None, n: int | None =
         if progress is not None:
             progress(fraction, message)
 
+    logger.info("evaluating %s (checkpoint %s, %s questions, data %s)", run_dir, checkpoint or "final",
+                n if n is not None else "default", data_cfg.source if data_cfg else "the run's held-out split")
     report_progress(0.0, "loading the models")
     if session is None:
         session = ModelSession(run_dir, checkpoint=checkpoint)
@@ -348,6 +353,7 @@ def evaluate_run(run_dir, *, data_cfg: DataConfig | None = None, n: int | None =
     report_progress(0.99, "writing the report")
     write_evaluation(report, cfg, read_metrics(run_dir))
     report_progress(1.0, f"report written to {report.report_path}")
+    logger.info("evaluated %s in %.1f s: report %s", run_dir, time.perf_counter() - started, report.report_path)
     return report
 
 

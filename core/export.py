@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pprint
 import shutil
@@ -28,11 +29,15 @@ from core.errors import ModelError
 from core.jsonl import to_jsonl
 from core.paths import chmod_like_new
 
+logger = logging.getLogger(__name__)
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 def _report(progress: ProgressFn | None, fraction: float | None, message: str) -> None:
+    # The log keeps each export's steps; the last one (fraction 1) names what was written.
+    logger.log(logging.INFO if fraction == 1.0 else logging.DEBUG, "export: %s", message)
     if progress is not None:
         progress(fraction, message)
 

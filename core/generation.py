@@ -14,6 +14,7 @@ torch / transformers / peft are imported inside functions: the GUI imports this 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -25,6 +26,8 @@ from typing import Any
 from core.cancel import StopToken
 from core.config import DataConfig, GenerationConfig, ModelConfig, RunConfig
 from core.errors import ModelError
+
+logger = logging.getLogger(__name__)
 
 STOPPED_BY = ("eos", "max_tokens", "stop_string", "cancelled")
 
@@ -163,6 +166,7 @@ def _exported_run_config(path: Path) -> RunConfig | None:
             try:
                 return RunConfig.load(path / name)
             except Exception:  # noqa: BLE001 - the template is a convenience; the weights load without it
+                logger.warning("%s: unreadable, the model's own chat template is used", path / name, exc_info=True)
                 return None
     return None
 

@@ -155,3 +155,10 @@ def test_cli_train_prints_where_the_tensorboard_logs_are(cfg, tmp_path, capsys):
     logdir = (tmp_path / "ws" / "tracked" / "tensorboard").resolve()
     assert f"TensorBoard logs: {logdir}  (open: tensorboard --logdir {logdir})" in out
     assert any(logdir.glob("events.out.tfevents.*"))
+    # The app's log file tells the story of the run (core.logs, set up by the CLI).
+    from core.logs import log_file_path
+
+    log = log_file_path().read_text(encoding="utf-8")
+    for what in ("command `train` started", ": starting (lora on", "records read", "loaded model",
+                 "TensorBoard logs:", "finished at step 1", "`train` ended with exit status 0"):
+        assert what in log, what

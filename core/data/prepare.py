@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -21,6 +22,8 @@ from core.data.render import render_segments
 from core.data.schema import SchemaGuess, load_records
 from core.data.tokenize import _adds_bos, tokenize_segments
 from core.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 
@@ -409,12 +412,15 @@ def prepare_dataset(data_cfg, tokenizer, max_length: int, *, stop: StopToken | N
     folder = _cache_folder(fingerprint)
     cached = _load_cached(folder)
     if cached is not None:
+        logger.info("data %s: tokenized dataset loaded from the cache %s", data_cfg.source, folder)
         if progress is not None:
             progress(1.0, "tokenized dataset loaded from the cache")
         return cached
     import datasets
 
     raw, guess, records, lines = load_records(data_cfg, stop=stop, progress=progress)
+    logger.info("data %s: %d records read (%s), %d bad rows", data_cfg.source, len(records), raw.kind,
+                len(raw.bad_rows))
     summary = summarize_records(raw, guess, lines, data_cfg)
     train_idx, test_idx, _ = training_split(len(records), data_cfg)
     lengths: list[int] = []
@@ -460,6 +466,8 @@ def prepare_dataset(data_cfg, tokenizer, max_length: int, *, stop: StopToken | N
                             guess, n_truncated, n_dropped, fingerprint, kept["train"], kept["test"],
                             n_no_trained_tokens=n_empty, summary=summary)
     _save_cache(folder, prepared)
+    logger.info("data %s: tokenized %d training and %d held-out examples (max length %d: %d truncated, %d dropped)",
+                data_cfg.source, len(train), len(test) if test is not None else 0, max_length, n_truncated, n_dropped)
     if progress is not None:
         progress(1.0, f"tokenized {len(train)} training and {len(test) if test is not None else 0} held-out examples")
     return prepared
