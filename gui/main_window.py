@@ -390,17 +390,33 @@ class MainWindow(QMainWindow):
     def save_settings(self) -> None:
         settings = studio_settings()
         settings.setValue("window/geometry", self.saveGeometry())
+        for key, splitter in self._splitters():
+            settings.setValue(f"splitters/{key}", splitter.saveState())
         settings.setValue("window/page", self.current_page_key() or "")
         settings.setValue("config/yaml", self.state.config.to_yaml())
         settings.setValue("last/dataset", self.state.config.data.source)
         settings.setValue("last/model", self.state.config.model.name_or_path)
         settings.sync()
 
+    def _splitters(self):
+        """(stable key, QSplitter) for every splitter of every page, to remember where the user put them."""
+        from PySide6.QtWidgets import QSplitter
+
+        for page_key, page in self.pages.items():
+            for index, splitter in enumerate(page.findChildren(QSplitter)):
+                yield f"{page_key}/{index}", splitter
+
     def restore_settings(self) -> None:
         settings = studio_settings()
         geometry = settings.value("window/geometry")
         if isinstance(geometry, QByteArray) and not geometry.isEmpty():
             self.restoreGeometry(geometry)
+            if self.width() < 1024 or self.height() < 700:  # a too-small saved size clips labels: use the default
+                self.resize(max(self.width(), 1280), max(self.height(), 800))
+        for key, splitter in self._splitters():
+            state = settings.value(f"splitters/{key}")
+            if isinstance(state, QByteArray) and not state.isEmpty():
+                splitter.restoreState(state)
         text = settings.value("config/yaml")
         if isinstance(text, str) and text.strip():
             try:

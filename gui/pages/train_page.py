@@ -194,6 +194,7 @@ class _Stat(QWidget):
         super().__init__()
         self.caption = QLabel(caption)
         self.caption.setObjectName("statCaption")
+        self.caption.setMinimumWidth(self.caption.sizeHint().width())
         self.value = QLabel("–")
         self.value.setProperty("class", "statValue")
         font = self.value.font()
@@ -433,6 +434,7 @@ class TrainPage(QWidget):
         actions = QHBoxLayout()
         self.start_button = QPushButton("▶  Start training")
         self.start_button.setObjectName("startButton")
+        self.start_button.setMinimumWidth(self.start_button.sizeHint().width())
         self.start_button.clicked.connect(self.start)
         self.stop_button = QPushButton("■  Stop")
         self.stop_button.setObjectName("stopButton")
@@ -496,10 +498,11 @@ class TrainPage(QWidget):
         self.stat_loss = _Stat("Train loss", "The latest training loss (lower is better).")
         self.stat_eval = _Stat("Eval loss", "The latest loss on held-out examples, and the best so far. If it "
                                             "rises while the train loss falls, the model is memorising.")
+        # Two rows of three: the six figures fit a 1024-pixel window without cutting a caption.
         for index, stat in enumerate((self.stat_elapsed, self.stat_eta, self.stat_speed, self.stat_memory,
                                       self.stat_loss, self.stat_eval)):
-            stats.addWidget(stat, 0, index)
-        stats.setColumnStretch(6, 1)
+            stats.addWidget(stat, index // 3, index % 3)
+        stats.setColumnStretch(3, 1)
         column.addLayout(stats)
 
         self.summary_card = RunSummaryCard()

@@ -17,6 +17,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QRadioButton,
@@ -272,16 +273,16 @@ class TrainingPlots(QWidget):
         controls.addWidget(self._smooth_label)
         controls.addStretch(1)
         # The legend lives outside the plot: inside, it covered the curves and the best-checkpoint star.
-        self.legend_row = QHBoxLayout()
+        self.legend_row = QGridLayout()
         self.legend_row.setContentsMargins(0, 0, 0, 0)
-        self.legend_row.setSpacing(14)
-        for color, text, dashed, symbol in ((TRAIN_COLOR, "train loss (smoothed)", False, ""),
-                                            (TRAIN_RAW_COLOR, "raw", False, ""),
-                                            (EVAL_COLOR, "held-out loss", True, "●"),
-                                            (CHECKPOINT_COLOR, "checkpoint (click to chat)", False, "◆"),
-                                            ("#c9a400", "best checkpoint", False, "★")):
-            self.legend_row.addWidget(_swatch(color, text, dashed=dashed, symbol=symbol))
-        self.legend_row.addStretch(1)
+        self.legend_row.setHorizontalSpacing(14)
+        self.legend_row.setVerticalSpacing(0)
+        entries = ((TRAIN_COLOR, "train loss (smoothed)", False, ""), (TRAIN_RAW_COLOR, "raw", False, ""),
+                   (EVAL_COLOR, "held-out loss", True, "●"), (CHECKPOINT_COLOR, "checkpoint", False, "◆"),
+                   ("#c9a400", "best checkpoint", False, "★"))
+        for index, (color, text, dashed, symbol) in enumerate(entries):
+            self.legend_row.addWidget(_swatch(color, text, dashed=dashed, symbol=symbol), index // 3, index % 3)
+        self.legend_row.setColumnStretch(3, 1)
 
         # -- plots -----------------------------------------------------------------------------
         self.loss_plot = pg.PlotWidget(axisItems={"bottom": StepAxis(orientation="bottom")})

@@ -70,12 +70,15 @@ class TokenLegend(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(6)
         layout.addWidget(_swatch(colors["trained_bg"]))
-        trained = QLabel("trained: the model learns to write these")
+        trained = QLabel("trained: learned")
+        trained.setToolTip("Highlighted tokens are in the loss: the model learns to write these")
         layout.addWidget(trained)
         layout.addSpacing(14)
         layout.addWidget(_swatch(colors["masked_bg"]))
-        masked = QLabel("masked prompt: context only, not in the loss")
+        masked = QLabel("masked: context only")
+        masked.setToolTip("Grey tokens (the prompt) are read by the model as context but are not in the loss")
         layout.addWidget(masked)
         layout.addStretch(1)
         for label in (trained, masked):
             label.setObjectName("Muted")
+            label.setWordWrap(True)  # a narrow window wraps the key instead of cutting it
