@@ -455,8 +455,15 @@ def prepare_dataset(data_cfg, tokenizer, max_length: int, *, stop: StopToken | N
         columns[split]["attention_mask"].append(example.attention_mask)
         kept[split].append(record)
     if not kept["train"]:
-        raise DataError(f"no training examples left: {n_dropped} of {total} are longer than max_length "
-                        f"{max_length}; raise the max length or choose 'truncate'", source=data_cfg.source)
+        reasons = []
+        if n_dropped - n_empty:
+            reasons.append(f"{n_dropped - n_empty} are longer than max_length {max_length} and dropped "
+                           "(choose 'truncate' to keep them cut)")
+        if n_empty:
+            reasons.append(f"{n_empty} have a prompt that fills max_length {max_length} by itself, leaving no "
+                           "answer token to learn")
+        raise DataError(f"no training examples left of {total}: " + "; ".join(reasons) + "; raise the max length",
+                        source=data_cfg.source)
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                                   "labels": datasets.Sequence(datasets.Value("int64")),
                                   "attention_mask": datasets.Sequence(datasets.Value("int8"))})

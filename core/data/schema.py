@@ -229,7 +229,8 @@ def resolve_schema(columns: list[str], rows: list[dict], data_cfg) -> SchemaGues
     kind = "dpo" if guess.schema == "preference" else "kto" if guess.schema == "kto" else preference_kind(columns, rows)
     if kind is not None:
         explicit_chosen = guess.column_map.get("answer") in _chosen_columns(columns) or \
-            any(v in _chosen_columns(columns) for k, v in guess.column_map.items() if k in ANSWER_ROLES + ("text",))
+            any(v in _chosen_columns(columns) for k, v in guess.column_map.items()
+                if k in ANSWER_ROLES + ("text", "messages"))
         if not chosen_only and not (kind == "dpo" and explicit_chosen and guess.schema != "preference"):
             raise _preference_refusal(kind, columns)
         if kind == "kto":
