@@ -4,8 +4,9 @@ answer repeated across many rows, template placeholders left in the text, and ex
 
 Every finding names its rows by the row numbers a user sees (``RawDataset.line_numbers``) and suggests
 rows to leave out of the run (``data.drop_rows``); the file itself is never modified. Near duplicates
-are found with MinHash over character 5-grams and locality-sensitive hashing (numpy, no other library),
-then confirmed with the exact Jaccard similarity of the two texts' 5-grams.
+are found with MinHash over character 3-grams and locality-sensitive hashing (numpy, no other library),
+then confirmed with the exact Jaccard similarity of the two texts' 3-grams (3-grams, not longer pieces: one
+changed letter or short word in a short question still leaves it similar, a changed topic word does not).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from core.data.prepare import DataSummary, measure_lengths, summarize_records, t
 from core.data.render import render_segments
 from core.data.schema import load_records
 
-NEAR_DUPLICATE_THRESHOLD = 0.8  # Jaccard similarity of the character 5-gram sets
-_SHINGLE = 5
-_BANDS, _BAND_ROWS = 8, 4  # 32 MinHash values; a pair at similarity 0.8 becomes a candidate with p ~ 0.98
+NEAR_DUPLICATE_THRESHOLD = 0.8  # Jaccard similarity of the character 3-gram sets
+_SHINGLE = 3
+_BANDS, _BAND_ROWS = 10, 5  # 50 MinHash values: a pair at similarity 0.8 is a candidate with p ~ 0.98,
+# one at 0.3 (unrelated texts sharing common letter triples) with p ~ 0.02
 _MIN_NEAR_CHARS = 12  # shorter questions differ in a word or a number: not "near duplicates"
 _MAX_NEAR_BYTES = 2000  # the start of a long text is enough to tell
 _LONG_FACTOR = 8  # "extremely long": over this many times the median length (and above the 99th percentile)
@@ -156,7 +158,7 @@ def _mix(values):
 
 
 def _shingles(texts: list[str]):
-    """(hashes of every character 5-gram of every text, start offset of each text's 5-grams, counts)."""
+    """(hashes of every character 3-gram of every text, start offset of each text's 3-grams, counts)."""
     import numpy as np
 
     encoded = [t.encode("utf-8")[:_MAX_NEAR_BYTES] for t in texts]
@@ -175,7 +177,7 @@ def _shingles(texts: list[str]):
 
 
 def near_duplicate_groups(texts: list[str], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> list[list[int]]:
-    """Groups (indices into ``texts``, each group sorted) of texts whose character 5-gram sets have a Jaccard
+    """Groups (indices into ``texts``, each group sorted) of texts whose character 3-gram sets have a Jaccard
     similarity of at least ``threshold`` with another member; texts are compared as given (normalise
     them first). Texts under 12 characters are left out."""
     import numpy as np
@@ -209,16 +211,19 @@ def near_duplicate_groups(texts: list[str], threshold: float = NEAR_DUPLICATE_TH
             shingle_sets[i] = set(hashes[offsets[i]:offsets[i] + counts[i]].tolist())
         return shingle_sets[i]
 
-    checked: set[tuple[int, int]] = set()
+    indices = np.arange(len(candidates))
     for band in range(_BANDS):
-        keys = np.ascontiguousarray(signature[:, band * _BAND_ROWS:(band + 1) * _BAND_ROWS])
-        buckets: dict[bytes, int] = {}
-        for i, key in enumerate(keys.view(np.dtype((np.void, keys.shape[1] * 8))).ravel().tolist()):
-            first = buckets.setdefault(key, i)
-            if first == i or find(first) == find(i) or (first, i) in checked:
+        block = signature[:, band * _BAND_ROWS:(band + 1) * _BAND_ROWS]
+        key = np.zeros(len(candidates), dtype=np.uint64)
+        for column in range(_BAND_ROWS):
+            key = _mix(key ^ block[:, column])
+        # Compare each member of a bucket with its first member only: linear even for a huge bucket.
+        _, first_index, inverse = np.unique(key, return_index=True, return_inverse=True)
+        firsts = first_index[inverse.ravel()]
+        for i in indices[firsts != indices].tolist():
+            first = int(firsts[i])
+            if find(first) == find(i):
                 continue
-            # Compare each member of a bucket with its first member only: linear even for a huge bucket.
-            checked.add((first, i))
             a, b = shingle_set(first), shingle_set(i)
             if len(a & b) >= threshold * len(a | b):
                 parent[find(i)] = find(first)
@@ -274,7 +279,7 @@ def check_records(records: list[dict], row_numbers: list[int], train_indices: li
             "near_duplicate_question",
             f"{len(near_groups)} group{'s' if len(near_groups) != 1 else ''} of nearly identical questions "
             f"({sum(len(g) for g in near_groups)} rows)",
-            f"questions that differ only slightly (at least {near_threshold:.0%} of their 5-letter pieces in "
+            f"questions that differ only slightly (at least {near_threshold:.0%} of their 3-letter pieces in "
             "common); check them and keep one of each group.",
             sorted(row_numbers[i] for g in near_groups for i in g), [[row_numbers[i] for i in g] for g in near_groups],
             sorted(row_numbers[i] for g in near_groups for i in g[1:]),
