@@ -10,4 +10,5 @@ COMMAND_MODULES = [
     "core.commands.train",
     "core.commands.generate",
     "core.commands.estimate",
+    "core.commands.explore",
 ]
