@@ -130,10 +130,6 @@ def run_train(args) -> int:
         setattr(cfg.model, kind, True)  # the run records what it needed; the consent itself stays on this machine
     cfg.validate()
     _quiet_library_progress_bars()
-    from core.data import require_trainable
-
-    # Unusable data stops here, with one message, before a run folder exists.
-    require_trainable(cfg.data)
     probe_kwargs = {}
     if getattr(args, "probe", None):
         probe_kwargs["probes"] = args.probe
@@ -147,10 +143,43 @@ def run_train(args) -> int:
     if getattr(args, "probe_tokens", None) is not None:
         probe_kwargs["probe_max_new_tokens"] = args.probe_tokens
     stop = StopToken()
+    console = TrainingConsole()
     with stop_on_ctrl_c(stop):
-        result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[TrainingConsole()], stop=stop,
-                       **probe_kwargs)
+        check_data_before_the_run(cfg, console, stop)
+        result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[_ErrorsOnce(console)],
+                       stop=stop, **probe_kwargs)
     return _report(result)
+
+
+def check_data_before_the_run(cfg: RunConfig, console, stop: StopToken) -> None:
+    """Refuse unusable data with one message before a run folder exists: reading and mapping first
+    (core.data.require_trainable: no model needed), then tokenizing with the model's tokenizer
+    (core.data.prepare_dataset, whose result the run then loads from the cache instead of redoing it)."""
+    from core.data import prepare_dataset, require_trainable
+    from core.metrics import StatusEvent
+    from core.models import load_tokenizer
+
+    def progress(fraction: float | None, message: str) -> None:
+        console.on_status(StatusEvent("running", message, fraction=fraction, phase="tokenizing"))
+
+    console.on_status(StatusEvent("running", "checking the data", phase="loading"))
+    require_trainable(cfg.data, stop=stop)
+    tokenizer = load_tokenizer(cfg.model)
+    prepare_dataset(cfg.data, tokenizer, cfg.training.max_length, stop=stop, progress=progress)
+
+
+class _ErrorsOnce:
+    """The console without its "failed: ..." line: the CLI prints the error itself, once (core.cli)."""
+
+    def __init__(self, console):
+        self._console = console
+
+    def on_status(self, event) -> None:
+        if event.state != "failed":
+            self._console.on_status(event)
+
+    def __getattr__(self, name):
+        return getattr(self._console, name)
 
 
 def run_resume(args) -> int:
