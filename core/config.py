@@ -243,7 +243,8 @@ class MethodConfig:
     )
     lora_r: int = opt(
         16,
-        "LoRA rank: the size of the adapter. 4-8 is enough for style or format, 16-64+ to teach facts. "
+        "LoRA rank: how big the small add-on matrices are that LoRA trains next to each frozen weight matrix "
+        "(more rank, more numbers it can learn). 4-8 is enough for style or format, 16-64+ to teach facts. "
         "Too high costs memory and can overfit small datasets.",
         label="LoRA rank",
         min=1,
@@ -302,8 +303,9 @@ class TrainingConfig:
     )
     max_steps: int = opt(
         -1,
-        "Stop after this many optimizer steps; overrides epochs. -1 = use epochs. Use a small number "
-        "(e.g. 10) for a quick look.",
+        "Stop after this many steps (a step = one update of the model, after batch size x gradient "
+        "accumulation examples); overrides epochs. -1 means no step limit: train for the number of epochs. "
+        "Use a small number (e.g. 10) for a quick look.",
         label="Max steps",
         min=-1,
         max=10**8,
@@ -318,8 +320,9 @@ class TrainingConfig:
     )
     gradient_accumulation: int = opt(
         1,
-        "Add up gradients over this many batches before one update: the effective batch is batch size x "
-        "accumulation, at the memory cost of one batch.",
+        "Read this many batches before updating the model once, adding up the corrections (gradients) "
+        "each batch suggests. Each update then learns from batch size x this many examples while memory "
+        "holds only one batch: a way to get a big batch on a small machine.",
         label="Gradient accumulation",
         min=1,
         max=1024,
@@ -450,9 +453,10 @@ class TrainingConfig:
     )
     precision: str = opt(
         "auto",
-        "Number format for training. `auto` picks bf16 on GPUs that support it, fp16 on other GPUs, and "
-        "fp32 on CPU. bf16/fp16 halve activation memory and speed up GPUs; they are offered only where the "
-        "device supports them.",
+        "How many bits each number uses while training: fp32 = 32-bit (exact; what CPUs use), bf16/fp16 = "
+        "16-bit (half the activation memory, much faster on GPUs that support them; bf16 is the more robust "
+        "of the two). `auto` picks bf16 on GPUs that support it, fp16 on other GPUs and fp32 on CPU; the "
+        "16-bit formats are offered only where the device supports them.",
         label="Precision",
         choices=("auto", "fp32", "bf16", "fp16"),
         advanced=True,
@@ -520,35 +524,41 @@ class TrainingConfig:
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = opt(
-        64,
-        "The longest answer in tokens. Short answers come back faster.",
+        256,
+        "The longest answer, in tokens (a token is about 3/4 of an English word; 256 is a long paragraph). "
+        "An answer that reaches it is cut off mid-sentence; Chat then offers Continue. Shorter limits come "
+        "back faster.",
         label="Max new tokens",
         min=1,
         max=8192,
     )
     do_sample: bool = opt(
         False,
-        "Off: always pick the most likely next token (greedy, repeatable: best for comparing models). "
-        "On: sample, for more varied answers.",
+        "Off (greedy): always take the single most likely next token, so the same question gets the same "
+        "answer (best for comparing models). On (sampling): draw the next token at random, weighted by how "
+        "likely the model finds it, for more varied answers.",
         label="Sample",
     )
     temperature: float = opt(
         0.7,
-        "With sampling: higher is more creative and more random; 0.2-0.8 is typical.",
+        "With sampling: how adventurous the choice of the next token is. Low (0.2) sticks to the likeliest "
+        "words, high (1.0+) is more creative and more random; 0.2-0.8 is typical.",
         label="Temperature",
         min=0.01,
         max=5.0,
     )
     top_p: float = opt(
         0.9,
-        "With sampling: only tokens within this cumulative probability are considered.",
+        "With sampling (nucleus sampling): choose only among the likeliest next tokens whose chances add up "
+        "to this share, e.g. 0.9 = the top 90%; the long tail of unlikely tokens is never picked. Lower is "
+        "safer and plainer.",
         label="Top-p",
         min=0.01,
         max=1.0,
     )
     top_k: int = opt(
         50,
-        "With sampling: only the k most likely tokens are considered (0 = no limit).",
+        "With sampling: choose only among the k likeliest next tokens (0 = no limit).",
         label="Top-k",
         min=0,
         max=100000,
@@ -556,7 +566,8 @@ class GenerationConfig:
     )
     repetition_penalty: float = opt(
         1.1,
-        "Above 1 discourages repeating the same words; 1.1-1.3 is typical, 1 disables it.",
+        "Makes tokens already used less likely, so answers do not loop. 1 = off; 1.1-1.3 is typical; too "
+        "high and the model avoids words it needs.",
         label="Repetition penalty",
         min=0.5,
         max=3.0,

@@ -234,12 +234,16 @@ class EvaluationReport:
                 "delta": {k: self.tuned[k] - self.base[k] for k in self.base if k in self.tuned}}
 
     def table(self) -> str:
-        """A plain-text table base vs fine-tuned (the CLI prints it)."""
-        lines = [f"{'metric':<14}{'base':>12}{'fine-tuned':>12}{'change':>12}"]
+        """A plain-text table base vs fine-tuned (the CLI prints it), one number format per metric."""
+        from core.glossary import GLOSSARY, format_metric
+
+        lines = [f"{'metric':<14}{'base':>12}{'fine-tuned':>12}{'change':>12}  better"]
         for name in ("loss", "perplexity", *SCORE_NAMES):
             if name in self.base:
                 b, t = self.base[name], self.tuned[name]
-                lines.append(f"{name:<14}{b:>12.4f}{t:>12.4f}{t - b:>+12.4f}")
+                better = "higher" if GLOSSARY[f"metric.{name}"].higher_is_better else "lower"
+                lines.append(f"{GLOSSARY[f'metric.{name}'].label:<14}{format_metric(name, b):>12}"
+                             f"{format_metric(name, t):>12}{format_metric(name, t - b, signed=True):>12}  {better}")
         return "\n".join(lines)
 
 

@@ -131,7 +131,9 @@ def test_evaluate_run_writes_comparison_and_report(lora_run, session):
     assert page.count("<svg") == 2 and "training loss" in page and "learning rate" in page
     assert "http" not in page.replace("http://www.w3.org/2000/svg", "")  # self-contained
     assert "<style>" in page and "perplexity" in page
-    assert "base" in report.table() and "perplexity" in report.table()
+    assert "base" in report.table() and "Perplexity" in report.table()
+    change = report.tuned["loss"] - report.base["loss"]
+    assert f"{change:+.3f}" in report.table()  # loss: 3 decimals, signed change
 
 
 def test_evaluation_on_another_dataset_escapes_its_text(lora_run, session, tmp_path):
@@ -175,7 +177,15 @@ def test_cli_generate_evaluate_export(lora_run, isolated_home, tmp_path, capsys)
 
     assert main(["evaluate", str(lora_run), "--n", "1", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
-    assert "perplexity" in out and "fine-tuned" in out and "report.html" in out
+    assert "Perplexity" in out and "fine-tuned" in out and "report.html" in out
+    # Under the table, every score in words with its direction and range (core.glossary).
+    from core.glossary import METRIC_KEYS, explain
+
+    assert "What the scores mean:" in out
+    for key in METRIC_KEYS:
+        assert " ".join(explain(f"metric.{key}").split()) in " ".join(out.split())
+    flat = " ".join(out.split())
+    assert "Higher is better. Range: 0 to 100." in flat and "Lower is better." in flat
 
     assert main(["export", str(lora_run), "--adapter", "--output", str(tmp_path / "a")]) == 0
     assert (tmp_path / "a" / "adapter_config.json").is_file()

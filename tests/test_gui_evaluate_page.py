@@ -61,7 +61,30 @@ def test_evaluation_fills_tables_and_filters(qtbot, evaluate_page, finished_run,
 
     cells = _metric_cells(page)
     assert set(cells) == {"Loss", "Perplexity", "BLEU", "ROUGE-1", "ROUGE-2", "ROUGE-L", "Exact match"}
-    assert cells["Loss"][0] == f"{report.base['loss']:.4f}" and cells["Loss"][1] == f"{report.tuned['loss']:.4f}"
+    assert cells["Loss"][0] == f"{report.base['loss']:.3f}" and cells["Loss"][1] == f"{report.tuned['loss']:.3f}"
+    # One format per metric, value and signed change alike: loss 3 decimals, perplexity 1, BLEU 1 (0-100),
+    # ROUGE 3 (0-1), exact match a percentage with 1 decimal.
+    change = report.tuned["loss"] - report.base["loss"]
+    assert cells["Loss"][2] == f"{change:+.3f}"
+    assert cells["Perplexity"][2] == f"{report.tuned['perplexity'] - report.base['perplexity']:+.1f}"
+    assert cells["BLEU"][0] == f"{report.base['bleu']:.1f}"
+    assert cells["ROUGE-L"][2] == f"{report.tuned['rougeL'] - report.base['rougeL']:+.3f}".replace("-0.000", "+0.000")
+    assert cells["Exact match"][0].endswith("%") and cells["Exact match"][2][0] in "+-"
+    # Every metric is visible without scrolling, with its direction and a "?" that explains it.
+    table = page.metrics_table
+    assert table.verticalScrollBar().maximum() == 0
+    assert table.height() >= sum(table.rowHeight(r) for r in range(table.rowCount()))
+    assert table.item(0, 3).text() == "lower ↓" and table.item(2, 3).text() == "higher ↑"
+    assert "Range: 0 to 100" in page.metric_help["bleu"].text_shown
+    # Score columns use the chosen metric's format; headers stay short so the text columns get the room.
+    page.score_combo.setCurrentIndex(page.score_combo.findData("bleu"))
+    bleu = page.model.rows[0].base_scores["bleu"]
+    assert page.model.data(page.model.index(0, 5)) == f"{bleu:.1f}"
+    from PySide6.QtCore import Qt
+
+    assert page.model.headerData(5, Qt.Orientation.Horizontal) == "Base"
+    assert "BLEU" in page.score_help.text_shown
+    page.score_combo.setCurrentIndex(page.score_combo.findData("rougeL"))
     assert page.proxy.rowCount() == 3
     assert page.report_button.isEnabled()
 

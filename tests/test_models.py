@@ -274,6 +274,14 @@ def test_cli_models_list_and_info(own_cache, tiny_model_dir, capsys):
     assert main(["models", "info", str(tiny_model_dir), "--method", "lora", "--lora-r", "2", "--tree"]) == 0
     out = capsys.readouterr().out
     assert "trainable (lora)" in out and "FLOPs per step" in out and "GPTNeoXLayer" in out
+    # Every fact explained in plain words under the table, and the module kinds of the tree.
+    from core.glossary import explain, explain_module
+
+    flat = " ".join(out.split())
+    assert "What these mean:" in out and "FLOPs are floating-point operations" in flat
+    for key in ("architecture", "total", "trainable", "memory", "flops_token", "flops_step"):
+        assert " ".join(explain(f"fact.{key}").split()) in flat
+    assert f"GPTNeoXLayer: {explain_module('GPTNeoXLayer')}" in flat
 
 
 def test_cli_models_info_error_is_reported(tmp_path, capsys):

@@ -122,6 +122,7 @@ def run_generate(args) -> int:
 def run_evaluate(args) -> int:
     from core.config import GenerationConfig
     from core.evaluation import data_config_for, evaluate_run
+    from core.glossary import metric_legend
     from core.runs import load_run_config
 
     _record_consent(args, args.run_dir, args.checkpoint)
@@ -137,6 +138,10 @@ def run_evaluate(args) -> int:
     print(f"evaluated on {report.split} ({report.n_loss_examples} examples for the loss, "
           f"{len(report.rows)} questions answered)")
     print(report.table())
+    print()
+    print("What the scores mean:")
+    print(metric_legend())
+    print()
     print(f"report: {report.report_path}")
     return 0
 

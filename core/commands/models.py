@@ -101,6 +101,9 @@ def _print_tree(node: dict, depth: int = 0, max_depth: int = 4) -> None:
 
 
 def run_info(args) -> int:
+    import textwrap
+
+    from core.glossary import explain_module, legend
     from core.models import architecture_tree, load_model, load_tokenizer, model_info
 
     record_cli_consent(args, args.model)
@@ -134,10 +137,29 @@ def run_info(args) -> int:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
+    print()
+    print("What these mean:")
+    print(legend([f"fact.{key}" for key in ("architecture", "shape", "vocab", "context", "chat", "total",
+                                             "trainable", "weights", "memory", "flops_token", "flops_step")]))
     if args.tree:
+        tree = architecture_tree(model)
         print()
-        _print_tree(architecture_tree(model))
+        _print_tree(tree)
+        print()
+        print("Module kinds:")
+        for kind in _module_types(tree):
+            meaning = explain_module(kind)
+            if meaning:
+                print(textwrap.fill(f"{kind}: {meaning}", width=100, subsequent_indent="    "))
     return 0
+
+
+def _module_types(node: dict) -> list[str]:
+    """Every module class in the tree, outermost first, each once."""
+    found = [node["type"]]
+    for child in node.get("children", []):
+        found += _module_types(child)
+    return list(dict.fromkeys(found))
 
 
 def run_convert(args) -> int:

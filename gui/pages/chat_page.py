@@ -43,6 +43,7 @@ from core.cancel import StopToken
 from core.config import GenerationConfig, field_meta
 from core.generation import stop_reason
 from gui.chat_workers import ChatAnswer, ChatPaneThread, ChatRequest, ChatStatus, SharedSessions, TokenChunk
+from gui.widgets.help_button import HelpButton
 from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
 from gui.widgets.run_picker import add_run_item, fill_checkpoints, first_enabled_run
@@ -115,7 +116,10 @@ class _Pane(QFrame):
         layout.addWidget(self.subtitle)
         layout.addWidget(self.transcript, 1)
         layout.addWidget(self.limit_bar)
-        layout.addWidget(self.status)
+        status_row = QHBoxLayout()
+        status_row.addWidget(self.status, 1)
+        status_row.addWidget(HelpButton("chat.ended_by"), 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(status_row)
         self._speaker_format = QTextCharFormat()
         self._speaker_format.setFontWeight(QFont.Weight.Bold)
         self._text_format = QTextCharFormat()
@@ -286,15 +290,22 @@ class ChatPage(QWidget):
             widget.setToolTip(m["help"])
             label = QLabel(m["label"] or name)
             label.setToolTip(m["help"])
-            form.addRow(label, widget)
+            form.addRow(label, with_help(widget, name))
             return widget
+
+        def with_help(widget, name: str) -> QHBoxLayout:
+            row = QHBoxLayout()
+            row.setSpacing(4)
+            row.addWidget(widget, 1)
+            row.addWidget(HelpButton(f"generation.{name}"))  # the setting's help, in plain words
+            return row
 
         self.max_tokens_spin = spin("max_new_tokens", gen.max_new_tokens)
         m = meta("do_sample")
         self.sample_check = QCheckBox("Sample (off = greedy)")
         self.sample_check.setChecked(gen.do_sample)
         self.sample_check.setToolTip(m["help"])
-        form.addRow(self.sample_check)
+        form.addRow(with_help(self.sample_check, "do_sample"))
         self.temperature_spin = spin("temperature", gen.temperature, 2, 0.05)
         self.top_p_spin = spin("top_p", gen.top_p, 2, 0.05)
         self.repetition_spin = spin("repetition_penalty", gen.repetition_penalty, 2, 0.05)

@@ -39,20 +39,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.glossary import GLOSSARY, explain, format_metric
 from gui.chat_workers import TaskOutcome, TaskProgress, TaskRunner
+from gui.widgets.help_button import HelpButton
 from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
 from gui.widgets.run_picker import add_run_item, fill_checkpoints, first_enabled_run
 
-METRIC_ROWS = (  # key, label, lower is better, format
-    ("loss", "Loss", True, "{:.4f}"),
-    ("perplexity", "Perplexity", True, "{:.2f}"),
-    ("bleu", "BLEU", False, "{:.2f}"),
-    ("rouge1", "ROUGE-1", False, "{:.3f}"),
-    ("rouge2", "ROUGE-2", False, "{:.3f}"),
-    ("rougeL", "ROUGE-L", False, "{:.3f}"),
-    ("exact_match", "Exact match", False, "{:.1%}"),
-)
+# key, label, lower is better: words, direction and number format come from core.glossary (the CLI uses them too).
+METRIC_ROWS = tuple((key, GLOSSARY[f"metric.{key}"].label, not GLOSSARY[f"metric.{key}"].higher_is_better)
+                    for key in ("loss", "perplexity", "bleu", "rouge1", "rouge2", "rougeL", "exact_match"))
 SCORE_LABELS = {"rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "bleu": "BLEU",
                 "exact_match": "Exact match"}
 FILTERS = ("All questions", "Got better", "Got worse", "Unchanged")
@@ -63,7 +59,7 @@ SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 class ComparisonModel(QAbstractTableModel):
     """Rows of core.evaluation.ComparisonRow; scores of one chosen metric (``score``)."""
 
-    HEADERS = ("#", "Question", "Reference", "Base answer", "Fine-tuned answer", "Base", "Fine-tuned", "Change")
+    HEADERS = ("#", "Question", "Reference", "Base answer", "Fine-tuned answer", "Base", "Tuned", "Change")
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -87,9 +83,12 @@ class ComparisonModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(self.HEADERS)
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            header = self.HEADERS[section]
-            return f"{header} {SCORE_LABELS.get(self.score, self.score)}" if section in (5, 6) else header
+        if orientation != Qt.Orientation.Horizontal:
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self.HEADERS[section]  # short: the score's name is in "by …" above the table
+        if role == Qt.ItemDataRole.ToolTipRole and section >= 5:
+            return f"{SCORE_LABELS.get(self.score, self.score)} per question. {explain('metric.' + self.score)}"
         return None
 
     def delta(self, row) -> float:
@@ -107,10 +106,10 @@ class ComparisonModel(QAbstractTableModel):
             return value
         if role == Qt.ItemDataRole.DisplayRole:
             if column in (1, 2, 3, 4):
-                text = " ".join(str(value).split())  # one line per cell; the detail view shows it all
+                text = " ".join(str(value).split())  # wrapped in the cell; the detail view shows it all
                 return text if len(text) <= 160 else text[:157] + "…"
             if column >= 5:
-                return f"{value:+.3f}" if column == 7 else f"{value:.3f}"
+                return format_metric(self.score, value, signed=column == 7)
             return str(value)
         if role == Qt.ItemDataRole.ForegroundRole and column == 7:
             delta = self.delta(row)
@@ -264,16 +263,38 @@ class EvaluatePage(QWidget):
 
         results = QGroupBox("Scores")
         results_layout = QVBoxLayout(results)
-        self.metrics_table = QTableWidget(len(METRIC_ROWS), 3)
+        # Base | Fine-tuned | Change | which way is better | "?" (the metric in plain words, with its range).
+        self.metrics_table = QTableWidget(len(METRIC_ROWS), 5)
         self.metrics_table.setObjectName("metricsTable")
-        self.metrics_table.setHorizontalHeaderLabels(["Base", "Fine-tuned", "Change"])
-        self.metrics_table.setVerticalHeaderLabels([label for _, label, _, _ in METRIC_ROWS])
+        self.metrics_table.setHorizontalHeaderLabels(["Base", "Fine-tuned", "Change", "Better", ""])
+        self.metrics_table.setVerticalHeaderLabels([label for _, label, _ in METRIC_ROWS])
         self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.metrics_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.metrics_table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.metrics_table.setToolTip("Loss and perplexity: lower is better (measured on the whole split). "
                                       "BLEU, ROUGE and exact match: higher is better (the generated answers "
-                                      "against the reference answers).")
+                                      "against the reference answers). Click ? for each one's meaning.")
+        self.metric_help: dict[str, HelpButton] = {}
+        for row, (key, _label, lower_is_better) in enumerate(METRIC_ROWS):
+            self.metrics_table.verticalHeaderItem(row).setToolTip(explain(f"metric.{key}"))
+            better = QTableWidgetItem("lower ↓" if lower_is_better else "higher ↑")
+            better.setForeground(QColor("#5b6776"))
+            better.setToolTip(explain(f"metric.{key}"))
+            self.metrics_table.setItem(row, 3, better)
+            self.metric_help[key] = HelpButton(f"metric.{key}")
+            holder = QWidget()
+            holder_layout = QHBoxLayout(holder)
+            holder_layout.setContentsMargins(4, 0, 4, 0)
+            holder_layout.addWidget(self.metric_help[key])
+            self.metrics_table.setCellWidget(row, 4, holder)
+        header = self.metrics_table.horizontalHeader()
+        for column in range(3):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Stretch)
+        for column in (3, 4):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.metrics_table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # Every metric visible without scrolling: the table is as tall as its rows.
+        self.metrics_table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.metrics_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._fit_metrics_table()
         results_layout.addWidget(self.metrics_table)
         report_row = QHBoxLayout()
         self.summary_label = QLabel("No evaluation yet.")
@@ -305,6 +326,8 @@ class EvaluatePage(QWidget):
         self.score_combo.setToolTip("The per-question score used for the columns and the filter")
         self.score_combo.currentIndexChanged.connect(self._on_score_changed)
         filters.addWidget(self.score_combo)
+        self.score_help = HelpButton("metric.rougeL")
+        filters.addWidget(self.score_help)
         filters.addStretch(1)
         self.count_label = QLabel("")
         self.count_label.setStyleSheet("color: palette(mid);")
@@ -322,8 +345,12 @@ class EvaluatePage(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setAlternatingRowColors(True)
-        self.table.setWordWrap(False)
+        # The texts get the room: wrapped over a few lines, in the stretching columns; the scores stay compact.
+        self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.verticalHeader().setMaximumSectionSize(4 * self.table.fontMetrics().lineSpacing() + 8)
         header = self.table.horizontalHeader()
         for column in (0, 5, 6, 7):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
@@ -494,15 +521,14 @@ class EvaluatePage(QWidget):
     def show_report(self, report) -> None:
         """Fill the metrics and comparison tables from an EvaluationReport."""
         self.report = report
-        for row, (key, _label, lower_is_better, fmt) in enumerate(METRIC_ROWS):
+        for row, (key, _label, lower_is_better) in enumerate(METRIC_ROWS):
             base, tuned = report.base.get(key), report.tuned.get(key)
             cells = ["—", "—", "—"]
             color = None
             if base is not None and tuned is not None:
                 change = tuned - base
-                cells = [fmt.format(base), fmt.format(tuned),
-                         ("+" if change >= 0 else "") + (f"{change:.1%}" if key == "exact_match" else
-                                                         f"{change:.4g}")]
+                # One format per metric for value and change (core.glossary.format_metric), signed changes.
+                cells = [format_metric(key, base), format_metric(key, tuned), format_metric(key, change, signed=True)]
                 improved = change < 0 if lower_is_better else change > 0
                 if abs(change) > 1e-12:
                     color = BETTER if improved else WORSE
@@ -517,9 +543,18 @@ class EvaluatePage(QWidget):
             f"{len(report.rows)} questions answered, loss over {report.n_loss_examples} examples "
             f"({report.split}) in {report.seconds:.1f} s.")
         self.report_button.setEnabled(Path(report.report_path).is_file())
+        self._fit_metrics_table()
         self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         self._update_count()
         self.detail.clear()
+
+    def _fit_metrics_table(self) -> None:
+        """Make the metrics table exactly as tall as its header and rows (no scrollbar, nothing hidden)."""
+        table = self.metrics_table
+        table.resizeRowsToContents()
+        height = table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth()
+        height += sum(table.rowHeight(row) for row in range(table.rowCount()))
+        table.setFixedHeight(height)
 
     def load_previous(self) -> bool:
         """Show the run's last evaluation (``evaluation/metrics.json`` + ``comparison.jsonl``) if there is one."""
@@ -539,7 +574,9 @@ class EvaluatePage(QWidget):
         except (OSError, ValueError, KeyError, TypeError):
             self.report = None
             self.model.set_rows([])
-            self.metrics_table.clearContents()
+            for row in range(self.metrics_table.rowCount()):
+                for column in range(3):
+                    self.metrics_table.setItem(row, column, QTableWidgetItem(""))
             self.summary_label.setText("This run has not been evaluated yet: press Evaluate.")
             self.report_button.setEnabled(False)
             self._update_count()
@@ -575,6 +612,7 @@ class EvaluatePage(QWidget):
     @Slot()
     def _on_score_changed(self, *_args) -> None:
         self.model.set_score(self.score_combo.currentData())
+        self.score_help.set_key(f"metric.{self.score_combo.currentData()}")
         self.proxy.refilter()
         self._update_count()
 
@@ -597,8 +635,10 @@ class EvaluatePage(QWidget):
         score = self.model.score
         self.detail.setPlainText(
             f"Question {row.index + 1}\n{row.question}\n\nReference answer\n{row.reference}\n\n"
-            f"Base model ({SCORE_LABELS[score]} {row.base_scores.get(score, 0):.3f})\n{row.base_answer}\n\n"
-            f"Fine-tuned ({SCORE_LABELS[score]} {row.tuned_scores.get(score, 0):.3f})\n{row.tuned_answer}")
+            f"Base model ({SCORE_LABELS[score]} {format_metric(score, row.base_scores.get(score, 0))})\n"
+            f"{row.base_answer}\n\n"
+            f"Fine-tuned ({SCORE_LABELS[score]} {format_metric(score, row.tuned_scores.get(score, 0))}, change "
+            f"{format_metric(score, row.delta.get(score, 0), signed=True)})\n{row.tuned_answer}")
 
     @Slot()
     def open_report(self) -> bool:

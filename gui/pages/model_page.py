@@ -30,11 +30,13 @@ from PySide6.QtWidgets import (
 
 from core.config import ConfigError, field_meta
 from core.errors import Cancelled
+from core.glossary import explain, explain_module
 from gui import theme
 from gui.consent_prompt import offer_consent
 from gui.pages.data_page import error_text
 from gui.state import StudioState
 from gui.tasks import Task, TaskGroup
+from gui.widgets.help_button import HelpButton
 from gui.widgets.page_heading import themed_page_layout
 from gui.widgets.status_strip import BusyIndicator, ErrorBanner, ErrorBannerHost
 
@@ -204,26 +206,32 @@ class ModelPage(ErrorBannerHost, QWidget):
         self.info_form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         self.info_form.setVerticalSpacing(7)
         self.info_labels: dict[str, QLabel] = {}
-        for key, label, tip in (
-            ("architecture", "Architecture", "The model class and its type"),
-            ("shape", "Layers × hidden", "Transformer blocks and the width of each"),
-            ("vocab", "Vocabulary", "Tokens the tokenizer knows"),
-            ("context", "Context length", "Longest sequence the model was built for"),
-            ("total", "Parameters", "All weights of the base model"),
-            ("trainable", "Trainable", "Weights the chosen method updates"),
-            ("weights", "Weights in memory", "Size of the base weights at their loaded precision"),
-            ("memory", "Training memory", "Rough peak: weights + gradients + optimizer state + activations "
-                                          "for the current batch size and max length"),
-            ("flops_token", "FLOPs per token", "Forward + backward compute per token (6N full, ~4N with frozen base)"),
-            ("flops_step", "FLOPs per step", "Compute per optimizer step for the current batch size × max length"),
-            ("chat", "Chat template", "Whether the tokenizer has a chat template (needed for the 'chat' prompt)"),
+        self.help_buttons: dict[str, HelpButton] = {}
+        # Each fact has a "?" with its meaning in plain words (core.glossary, shared with `models info`).
+        for key, label in (
+            ("architecture", "Architecture"),
+            ("shape", "Layers × hidden"),
+            ("vocab", "Vocabulary"),
+            ("context", "Context length"),
+            ("total", "Parameters"),
+            ("trainable", "Trainable"),
+            ("weights", "Weights in memory"),
+            ("memory", "Training memory"),
+            ("flops_token", "FLOPs per token"),
+            ("flops_step", "FLOPs per step"),
+            ("chat", "Chat template"),
         ):
             value = QLabel("—")
             value.setObjectName("InfoValue")
             value.setTextFormat(Qt.TextFormat.PlainText)
-            value.setToolTip(tip)
+            value.setToolTip(explain(f"fact.{key}"))
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            self.info_form.addRow(label + ":", value)
+            cell = QHBoxLayout()
+            cell.setSpacing(6)
+            cell.addWidget(value, 1)
+            self.help_buttons[key] = HelpButton(f"fact.{key}")
+            cell.addWidget(self.help_buttons[key])
+            self.info_form.addRow(label + ":", cell)
             self.info_labels[key] = value
         left_layout.addWidget(info_box)
         left_layout.addStretch(1)
@@ -241,6 +249,13 @@ class ModelPage(ErrorBannerHost, QWidget):
         header.resizeSection(1, 170)
         header.resizeSection(2, 100)
         tree_layout.addWidget(self.tree)
+        # What the selected module does (its class name, e.g. LlamaRMSNorm, says little to a newcomer).
+        self.module_help = QLabel("Select a module to read what it does.")
+        self.module_help.setObjectName("Muted")
+        self.module_help.setWordWrap(True)
+        self.module_help.setTextFormat(Qt.TextFormat.PlainText)
+        tree_layout.addWidget(self.module_help)
+        self.tree.currentItemChanged.connect(self._explain_module)
         splitter.addWidget(tree_box)
         splitter.setSizes([420, 680])
 
@@ -386,6 +401,9 @@ class ModelPage(ErrorBannerHost, QWidget):
             item = QTreeWidgetItem([node["name"], node["type"], human_count(node.get("params", 0)),
                                     " × ".join(map(str, shape)) if shape else ""])
             item.setTextAlignment(2, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            meaning = explain_module(node["type"])
+            if meaning:
+                item.setToolTip(1, meaning)
             if parent is None:
                 self.tree.addTopLevelItem(item)
             else:
@@ -395,6 +413,14 @@ class ModelPage(ErrorBannerHost, QWidget):
             item.setExpanded(depth < 2)
 
         add(tree, None, 0)
+
+    @Slot(object, object)
+    def _explain_module(self, item, _previous=None) -> None:
+        if item is None:
+            self.module_help.setText("Select a module to read what it does.")
+            return
+        meaning = explain_module(item.text(1)) or "A building block of this model."
+        self.module_help.setText(f"{item.text(0)} ({item.text(1)}): {meaning}")
 
     # -- widget handlers ----------------------------------------------------------------------------
     @Slot()

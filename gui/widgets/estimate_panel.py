@@ -20,6 +20,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from core.glossary import has_entry
+from gui.widgets.help_button import HelpButton
+
 
 def format_size(n: float | None) -> str:
     if n is None:
@@ -84,7 +87,14 @@ class EstimatePanel(QGroupBox):
         layout.addWidget(self.verdict)
         layout.addWidget(self.bar)
         layout.addLayout(self.parts_grid)
-        layout.addWidget(self.time_label)
+        time_row = QHBoxLayout()
+        time_row.addWidget(self.time_label, 1)
+        # What "s per step" and "fp32/bf16" mean, in the words `core.glossary` gives the CLI too.
+        self.time_help = HelpButton("estimate.seconds_per_step")
+        self.precision_help = HelpButton("estimate.precision")
+        time_row.addWidget(self.time_help, 0, Qt.AlignmentFlag.AlignTop)
+        time_row.addWidget(self.precision_help, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(time_row)
         layout.addWidget(self.note_label)
         layout.addWidget(self.fixes_box)
         row = QHBoxLayout()
@@ -119,7 +129,9 @@ class EstimatePanel(QGroupBox):
             size_label.setToolTip(note)
             self.parts_grid.addWidget(name_label, row, 0)
             self.parts_grid.addWidget(size_label, row, 1)
-        self.parts_grid.setColumnStretch(2, 1)
+            if has_entry(f"memory.{name}"):  # what this part of memory is, in plain words
+                self.parts_grid.addWidget(HelpButton(f"memory.{name}"), row, 2)
+        self.parts_grid.setColumnStretch(3, 1)
         need = format_size(est.total_bytes)
         kind = "measured" if est.measured else "estimated"
         if est.fits is None:
