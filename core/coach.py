@@ -260,7 +260,7 @@ class Coach:
                       f"{last_step} ({improved:+.0%}) and the training curve showed no warning sign"
                       + (f" (only: {'; '.join(noted)})" if noted else "") + "; the model learned from the data."),
             evidence={"first_eval_step": first_step, "first_eval_loss": first, "last_eval_step": last_step,
-                      "last_eval_loss": last, "relative_change": -improved},
+                      "last_eval_loss": last, "relative_change": improved},
             suggestion={},
             action="Nothing to change",
             step=last_step,

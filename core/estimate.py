@@ -78,6 +78,15 @@ class Estimate:
     seconds_total: float | None
     measured: dict = field(default_factory=dict)  # filled by probe(): peak bytes, seconds per step, ...
     notes: list[str] = field(default_factory=list)
+    # The whole run from Start to the end, in seconds per part (loading, evaluations, training, saving), and
+    # the held-out examples each evaluation uses (the CPU time cap, see eval_cap); empty when steps are unknown.
+    run_parts: dict = field(default_factory=dict)
+    eval_examples: int | None = None
+
+    @property
+    def run_seconds(self) -> float | None:
+        """The estimated time of the whole run (None when the number of steps is unknown)."""
+        return sum(self.run_parts.values()) if self.run_parts else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -383,11 +392,66 @@ def estimate(cfg: RunConfig, *, model_info: Architecture | None = None, device: 
                      f"~{time_length} tokens (mean example {float(stats['mean']):.0f} tokens, padded per batch)")
     else:
         notes.append(f"no dataset statistics: time assumes every batch is {length} tokens long (an upper bound)")
-    return Estimate(parts=parts, total_bytes=int(total), available_bytes=available, fits=fits, device=spec,
-                    precision=precision, total_params=n, trainable_params=trainable,
-                    tokens_per_step=tokens_per_step, flops_per_step=flops_per_step, device_flops=device_flops,
-                    seconds_per_step=seconds_per_step, total_steps=total_steps, seconds_total=seconds_total,
-                    notes=notes)
+    result = Estimate(parts=parts, total_bytes=int(total), available_bytes=available, fits=fits, device=spec,
+                      precision=precision, total_params=n, trainable_params=trainable,
+                      tokens_per_step=tokens_per_step, flops_per_step=flops_per_step, device_flops=device_flops,
+                      seconds_per_step=seconds_per_step, total_steps=total_steps, seconds_total=seconds_total,
+                      notes=notes)
+    _add_run_time(result, cfg, arch, info.kind, stats, weight_bytes=parts[0].bytes)
+    return result
+
+
+# Fixed costs of a run besides its steps, measured on this project's reference runs (SmolLM2-135M, CPU):
+# reading the weights (safetensors, memory-mapped) and setting up the adapter and the Trainer; writing a
+# checkpoint (adapter or weights, plus the optimizer's two moments).
+LOAD_SECONDS = {"cpu": 2.0, "cuda": 5.0, "mps": 4.0}
+LOAD_BYTES_PER_SECOND = 500 * MIB
+SAVE_SECONDS = 0.3
+SAVE_BYTES_PER_SECOND = 200 * MIB
+
+
+def _add_run_time(est: Estimate, cfg: RunConfig, arch: Architecture, kind: str, stats: dict,
+                  weight_bytes: int) -> None:
+    """Fill ``est.run_parts``: the whole run's time, evaluations (capped as core.training caps them) and
+    checkpoint saves included, so a promise such as "about a minute" comes from this, not from a constant."""
+    t = cfg.training
+    if not est.total_steps or est.seconds_total is None:
+        return
+    parts = {"loading": LOAD_SECONDS.get(kind, 5.0) + weight_bytes / LOAD_BYTES_PER_SECOND}
+    held_out = stats.get("eval_count")
+    if held_out is None and stats.get("count") and 0 < cfg.data.test_fraction < 1:
+        held_out = round(stats["count"] * cfg.data.test_fraction / (1 - cfg.data.test_fraction))
+    if held_out and t.max_eval_examples > 0:
+        held_out = min(held_out, t.max_eval_examples)
+    mean = stats.get("eval_mean") or stats.get("mean")
+    if held_out and mean and cfg.data.test_fraction > 0:
+        evaluations = planned_evaluations(cfg, est.total_steps, step_zero=t.eval_before_training)
+        per_example = eval_seconds_per_example(arch, mean, est.device_flops, kind)
+        cap = eval_cap(cfg, available=int(held_out), evaluations=evaluations, train_seconds=est.seconds_total,
+                       seconds_per_example=per_example, device_kind=kind)
+        parts["evaluations"] = cap.eval_seconds or 0.0
+        est.eval_examples = cap.examples
+    parts["training"] = est.seconds_total
+    saved = est.trainable_params * 4 * 3  # weights and the optimizer's two moments
+    saves = est.total_steps // max(1, t.save_steps) + 1  # checkpoints and final/
+    parts["saving"] = saves * (SAVE_SECONDS + saved / SAVE_BYTES_PER_SECOND)
+    est.run_parts = parts
+
+
+def duration_text(est: Estimate | None) -> str:
+    """The estimated time of a whole run in words, e.g. "About 1 min on this computer (loading 3 s, 3
+    evaluations 2 s, 10 training steps 40 s, saving 1 s)"; "" when unknown."""
+    if est is None or not est.run_parts:
+        return ""
+    parts = est.run_parts
+    details = [f"loading {_duration(parts['loading'])}"]
+    if "evaluations" in parts:
+        details.append(f"evaluations {_duration(parts['evaluations'])}"
+                       + (f" on {est.eval_examples} held-out examples" if est.eval_examples else ""))
+    details.append(f"{est.total_steps} training steps {_duration(parts['training'])}")
+    details.append(f"saving {_duration(parts['saving'])}")
+    return (f"About {_duration(est.run_seconds or 0.0)} on this computer when it is otherwise idle "
+            f"({', '.join(details)}).")
 
 
 def dataset_stats_for(cfg: RunConfig, progress=None, stop=None) -> dict:
@@ -598,6 +662,12 @@ def probe(cfg: RunConfig, steps: int = 3, *, base: Estimate | None = None, timeo
     refined.measured = measured
     refined.total_bytes = int(peak)
     refined.seconds_per_step = seconds_per_step
+    if base.run_parts and base.seconds_per_step:
+        # The probe's speed applies to the whole run: evaluations are forward passes on the same machine.
+        ratio = seconds_per_step / base.seconds_per_step
+        refined.run_parts = {**base.run_parts, "training": seconds_per_step * (refined.total_steps or 0)}
+        if "evaluations" in base.run_parts:
+            refined.run_parts["evaluations"] = base.run_parts["evaluations"] * ratio
     if refined.total_steps:
         refined.seconds_total = seconds_per_step * refined.total_steps
     if refined.available_bytes is not None:

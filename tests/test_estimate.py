@@ -179,3 +179,25 @@ def test_evaluation_cap_fits_the_time_share_of_training():
     cfg.training.eval_time_share = 0.0
     off = eval_cap(cfg, available=100, evaluations=3, train_seconds=60.0, seconds_per_example=10.0, device_kind="cpu")
     assert off.examples == 100
+
+
+def test_run_time_covers_loading_evaluations_training_and_saving(tiny_model_dir, isolated_home):
+    """The whole run's time (what a preset promises) is the sum of its parts: loading, the evaluations with
+    the examples the CPU time cap leaves, the training steps, the checkpoint saves; a probe's measured speed
+    carries over to the evaluations."""
+    from core.estimate import architecture, duration_text, estimate
+
+    cfg = tiny_config(tiny_model_dir, max_steps=10, eval_steps=5, save_steps=5, max_eval_examples=50)
+    stats = {"count": 235, "mean": 25.8, "max": 48, "eval_count": 26, "eval_mean": 24.6}
+    est = estimate(cfg, model_info=architecture(cfg), dataset_stats=stats, measure_device=False)
+    assert list(est.run_parts) == ["loading", "evaluations", "training", "saving"]
+    assert est.run_parts["training"] == pytest.approx(est.seconds_total)
+    assert est.run_seconds == pytest.approx(sum(est.run_parts.values()))
+    assert 8 <= est.eval_examples <= 26
+    # Evaluations take at most the share of the training time (or the minimum of 8 examples).
+    assert est.run_parts["evaluations"] <= 0.15 * est.seconds_total + 1e-9 or est.eval_examples == 8
+    text = duration_text(est)
+    assert text.startswith("About ") and "10 training steps" in text and f"on {est.eval_examples} held-out" in text
+    unknown = estimate(tiny_config(tiny_model_dir), model_info=architecture(cfg), measure_device=False)
+    assert unknown.total_steps is None and unknown.run_parts == {} and duration_text(unknown) == ""
+    assert duration_text(None) == ""

@@ -248,3 +248,22 @@ def test_elapsed_clock_ticks_in_every_phase_from_the_start(page, monkeypatch):
     monkeypatch.setattr(TrainingController, "is_busy", property(lambda self: False))
     page._on_busy_changed(False)
     assert not page._stats_timer.isActive()
+
+
+def test_preset_description_promises_the_estimated_duration(page, tiny_model_dir):
+    """The preset box's duration comes from the estimate of the settings shown (core.estimate.duration_text),
+    not from a constant text; an estimate of older settings is not used."""
+    from core.estimate import architecture, duration_text, estimate
+
+    page.apply_preset("Quick look: a few steps")
+    description = page.preset_description.text()
+    assert "minute" not in description and "About" not in description  # no constant promise in the preset
+    cfg = page.state.config
+    est = estimate(cfg, model_info=architecture(cfg), measure_device=False,
+                   dataset_stats={"count": 32, "mean": 20.0, "max": 40, "eval_count": 8, "eval_mean": 20.0})
+    assert est.run_parts
+    page._on_estimate(page._estimate_generation, (est, []))
+    assert page.preset_description.text().endswith(duration_text(est))
+    page._estimate_generation += 1  # the settings changed: a new estimate is on its way
+    page._show_preset_description()
+    assert duration_text(est) not in page.preset_description.text()

@@ -236,6 +236,7 @@ class TrainPage(QWidget):
         self.coach = None  # core.coach.Coach of the current run
         self.estimate = None  # the latest core.estimate.Estimate
         self._estimate_generation = 0  # estimates of older settings are dropped
+        self._estimated_generation = -1  # the settings generation self.estimate belongs to
         self._checkpoints_scanned_at = 0.0
         self.checkpoint_menu: QMenu | None = None
         self.tasks = TaskGroup(self)
@@ -750,7 +751,9 @@ class TrainPage(QWidget):
             return  # the settings changed meanwhile; a newer estimate follows
         est, fixes = outcome  # type: ignore[misc]
         self.estimate = est
+        self._estimated_generation = generation
         self.estimate_panel.show_estimate(est, fixes)
+        self._show_preset_description()
 
     def _on_estimate_failed(self, generation: int, exc: object) -> None:
         self.estimate_panel.measure_button.setEnabled(True)
@@ -1023,10 +1026,14 @@ class TrainPage(QWidget):
         self._show_preset_description()
 
     def _show_preset_description(self, *_args) -> None:
+        from core.estimate import duration_text
+
         title = self.preset_combo.currentData()
         preset = next((p for p in self._presets if p.title == title), None)
-        self.preset_description.setText(preset.description if preset is not None else
-                                        "Your own settings (they match none of the presets).")
+        text = preset.description if preset is not None else "Your own settings (they match none of the presets)."
+        # How long it takes comes from the estimate of these very settings, never from a constant text.
+        current = self.estimate if self._estimated_generation == self._estimate_generation else None
+        self.preset_description.setText(" ".join(part for part in (text, duration_text(current)) if part))
 
     @Slot(int)
     def _on_preset_chosen(self, index: int) -> None:
