@@ -83,7 +83,7 @@ def _record_consent(args, source, checkpoint) -> None:
 
 def run_generate(args) -> int:
     from core.config import GenerationConfig
-    from core.generation import ModelSession
+    from core.generation import ModelSession, stop_reason
 
     _record_consent(args, args.source, args.checkpoint)
     session = ModelSession(args.source, checkpoint=args.checkpoint, device=args.device)
@@ -114,8 +114,9 @@ def run_generate(args) -> int:
                                   raw=args.raw)
     sys.stdout.write("\n")
     first = f"{result.first_token_seconds:.2f} s to first token, " if result.first_token_seconds is not None else ""
+    hint = " (more with --max-new-tokens)" if result.stopped_by == "max_tokens" else ""
     print(f"[{result.n_tokens} tokens, {first}{result.tokens_per_second:.1f} tokens/s, stopped by "
-          f"{result.stopped_by}]", file=sys.stderr)
+          f"{result.stopped_by}: {stop_reason(result.stopped_by, gen.max_new_tokens)}{hint}]", file=sys.stderr)
     return 130 if result.stopped_by == "cancelled" else 0
 
 
