@@ -22,6 +22,7 @@ import string
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.cancel import ProgressFn, StopToken
 from core.config import DataConfig, GenerationConfig, RunConfig, atomic_write_text
@@ -221,6 +222,7 @@ class EvaluationReport:
     rows: list[ComparisonRow] = field(default_factory=list)
     seconds: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
+    forgetting: Any = None  # core.forgetting.ForgettingReport: general ability, base vs fine-tuned
 
     @property
     def report_path(self) -> Path:
@@ -231,7 +233,11 @@ class EvaluationReport:
                 "n_loss_examples": self.n_loss_examples, "n_loss_tokens": self.n_loss_tokens,
                 "n_generated": len(self.rows), "seconds": round(self.seconds, 2),
                 "base": self.base, "tuned": self.tuned,
-                "delta": {k: self.tuned[k] - self.base[k] for k in self.base if k in self.tuned}}
+                "delta": {k: self.tuned[k] - self.base[k] for k in self.base if k in self.tuned},
+                **({"general_ability": {"change_percent": self.forgetting.change_percent,
+                                        "verdict": self.forgetting.verdict, "headline": self.forgetting.headline,
+                                        "base_loss": self.forgetting.base_loss,
+                                        "tuned_loss": self.forgetting.tuned_loss}} if self.forgetting else {})}
 
     def table(self) -> str:
         """A plain-text table base vs fine-tuned (the CLI prints it), one number format per metric."""
@@ -273,13 +279,14 @@ def data_config_for(source: str, cfg: RunConfig) -> DataConfig:
 def evaluate_run(run_dir, *, data_cfg: DataConfig | None = None, n: int | None = None,
                  gen_cfg: GenerationConfig | None = None, progress: ProgressFn | None = None,
                  stop: StopToken | None = None, session=None, checkpoint=None,
-                 max_loss_examples: int | None = None) -> EvaluationReport:
+                 max_loss_examples: int | None = None, forgetting: bool = True) -> EvaluationReport:
     """Compare base and fine-tuned model of ``run_dir``; write ``run_dir/evaluation/``.
 
     ``data_cfg`` None: the run's held-out split; else every row of that dataset. ``n``: how many
     questions both models answer (default 20). ``gen_cfg``: defaults to greedy decoding with the
     run's max new tokens (greedy keeps the comparison repeatable). ``session``: reuse a loaded
-    ModelSession of this run (e.g. the chat page's).
+    ModelSession of this run (e.g. the chat page's). ``forgetting``: also run the general-ability check
+    (core.forgetting) and put it in the report.
     """
     from core.generation import ModelSession
     from core.runs import load_run_config, read_metrics
@@ -329,7 +336,7 @@ def evaluate_run(run_dir, *, data_cfg: DataConfig | None = None, n: int | None =
     for i, record in enumerate(questions):
         if stop is not None:
             stop.raise_if_set()
-        report_progress(0.25 + 0.73 * i / max(len(questions), 1), f"answering question {i + 1} of {len(questions)}")
+        report_progress(0.25 + 0.6 * i / max(len(questions), 1), f"answering question {i + 1} of {len(questions)}")
         base = session.generate(record, gen_cfg, use_adapter=False, stop=stop)
         tuned = session.generate(record, gen_cfg, use_adapter=True, stop=stop)
         if stop is not None:
@@ -354,6 +361,11 @@ def evaluate_run(run_dir, *, data_cfg: DataConfig | None = None, n: int | None =
     report = EvaluationReport(run_dir=run_dir, output_dir=run_dir / "evaluation", data_source=source, split=split,
                               n_loss_examples=len(examples), n_loss_tokens=n_tokens, base=base_summary,
                               tuned=tuned_summary, rows=rows, seconds=time.perf_counter() - started)
+    if forgetting:
+        from core.forgetting import check_forgetting
+
+        report.forgetting = check_forgetting(run_dir, session=session, stop=stop, progress=sub(0.85, 0.13))
+        report.seconds = time.perf_counter() - started
     report_progress(0.99, "writing the report")
     write_evaluation(report, cfg, read_metrics(run_dir))
     report_progress(1.0, f"report written to {report.report_path}")
@@ -477,6 +489,14 @@ def _curves(metrics: list[dict]) -> tuple[dict, dict]:
     return {k: v for k, v in loss.items() if v}, lr
 
 
+def _forgetting_section(report: EvaluationReport) -> str:
+    if report.forgetting is None:
+        return ""
+    from core.forgetting import forgetting_html
+
+    return forgetting_html(report.forgetting)
+
+
 def render_report_html(report: EvaluationReport, cfg: RunConfig, metrics: list[dict]) -> str:
     """The self-contained report: settings, curves, summary table, comparison table (all text escaped)."""
     e = html.escape
@@ -523,5 +543,6 @@ ROUGE and exact match: mean over the answered questions, 0-1 (higher is better).
 <th>BLEU base</th><th>BLEU tuned</th><th>&Delta;</th><th>ROUGE-L base</th><th>ROUGE-L tuned</th><th>&Delta;</th>
 <th>EM base</th><th>EM tuned</th><th>&Delta;</th></tr>
 {''.join(comparison)}</table>
+{_forgetting_section(report)}
 </body></html>
 """

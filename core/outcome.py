@@ -117,6 +117,12 @@ def summarize_outcome(run_dir: str | os.PathLike) -> RunOutcome:
             outcome.notes.append("The training-loss curve rose while the held-out loss fell: with small batches each "
                                  "step sees a few examples, so the training loss jumps with how hard those happen "
                                  "to be. The held-out loss is measured on the same examples every time: trust it.")
+    # The forgetting check (core.forgetting), once Evaluate or `evaluate` has made it.
+    from core.forgetting import load_forgetting
+
+    forgetting = load_forgetting(run_dir)
+    if forgetting is not None:
+        outcome.notes.append(forgetting.sentence())
     if outcome.verdict == "worse":
         outcome.next_steps.append("Lower the learning rate (e.g. halve it) or train fewer steps, then compare again.")
     elif outcome.verdict == "no real change":

@@ -2,7 +2,7 @@
 
     python main.py generate RUN_DIR_OR_MODEL --prompt "Who wrote Hamlet?" [--base] [--max-new-tokens N]
                             [--sample --temperature T] [--checkpoint N]
-    python main.py evaluate RUN_DIR [--data SRC] [--n N]
+    python main.py evaluate RUN_DIR [--data SRC] [--n N] [--per-example] [--no-forgetting]
     python main.py export RUN_DIR (--merged | --adapter | --script | --gguf [--quant f16|q8_0]) --output PATH
 
 Ctrl+C during generation or evaluation stops it cleanly.
@@ -47,6 +47,11 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=20, help="how many questions both models answer (default 20)")
     p.add_argument("--checkpoint", metavar="N", help="evaluate checkpoint-N instead of final/")
     p.add_argument("--max-new-tokens", type=int, metavar="N")
+    p.add_argument("--no-forgetting", action="store_true",
+                   help="skip the general-ability (forgetting) check on the bundled probe set")
+    p.add_argument("--per-example", action="store_true",
+                   help="also list training and held-out examples by loss (hardest, easiest, went up) with their "
+                        "row numbers: a very high loss after training often means a wrong label")
     add_consent_arguments(p)
     p.set_defaults(func=run_evaluate)
 
@@ -135,13 +140,28 @@ def run_evaluate(args) -> int:
     stop = StopToken()
     with _ctrl_c_stops(stop), ProgressBar("evaluating") as progress:
         report = evaluate_run(args.run_dir, data_cfg=data_cfg, n=args.n, gen_cfg=gen, progress=progress, stop=stop,
-                              checkpoint=args.checkpoint)
+                              checkpoint=args.checkpoint, forgetting=not args.no_forgetting)
+    per_example = None
+    if args.per_example:
+        from core.example_loss import rank_examples
+
+        with _ctrl_c_stops(stop), ProgressBar("per-example loss") as progress:
+            per_example = rank_examples(args.run_dir, checkpoint=args.checkpoint, progress=progress, stop=stop)
     print(f"evaluated on {report.split} ({report.n_loss_examples} examples for the loss, "
           f"{len(report.rows)} questions answered)")
     print(report.table())
     print()
     print("What the scores mean:")
     print(metric_legend())
+    if report.forgetting is not None:
+        from core.forgetting import format_forgetting
+
+        print()
+        print(format_forgetting(report.forgetting))
+    if per_example is not None:
+        print()
+        print(per_example.table())
+        print(f"per-example losses: {per_example.path}")
     print()
     print(f"report: {report.report_path}")
     return 0
