@@ -49,6 +49,12 @@ TRAINING_EFFICIENCY = {"cpu": 0.58, "cuda": 0.35, "mps": 0.3}
 STEP_OVERHEAD_SECONDS = {"cpu": 0.01, "cuda": 0.02, "mps": 0.02}  # data loading, optimizer, callbacks
 OVERHEAD_BYTES = {"cpu": 64 * MIB, "cuda": 300 * MIB, "mps": 200 * MIB}
 LOGITS_COPIES = 3.0  # fp32 logits, their log-softmax and its gradient are alive together at the loss
+# On a CPU a small batch runs far below the matmul peak (short matrices, fixed costs per step): a batch of
+# M tokens costs as if it had SMALL_BATCH_TOKENS more, i.e. the efficiency scales by M / (M + extra),
+# normalised to 1 at 1024 tokens so the calibration above (batch 8 x 128) is unchanged. Fitted to the idle
+# reference runs of SmolLM2-135M LoRA: 8 x 128 at TRAINING_EFFICIENCY, and 8 x 28 at 1.50 s/step
+# (bench/results/latest.md), where the plain formula said 0.78 s.
+SMALL_BATCH_TOKENS = {"cpu": 360}
 
 
 @dataclass
@@ -384,6 +390,7 @@ def estimate(cfg: RunConfig, *, model_info: Architecture | None = None, device: 
     flops_per_step = flops_per_token * tokens_per_step
     device_flops = measure_matmul_flops(spec) if measure_device else 1e11
     efficiency = TRAINING_EFFICIENCY.get(info.kind, 0.3)
+    efficiency *= batch_efficiency(info.kind, t.batch_size * time_length)
     seconds_per_step = flops_per_step / (device_flops * efficiency) + STEP_OVERHEAD_SECONDS.get(info.kind, 0.02)
     total_steps = _total_steps(cfg, dataset_stats, processes)
     seconds_total = seconds_per_step * total_steps if total_steps else None
@@ -426,7 +433,7 @@ def _add_run_time(est: Estimate, cfg: RunConfig, arch: Architecture, kind: str, 
     mean = stats.get("eval_mean") or stats.get("mean")
     if held_out and mean and cfg.data.test_fraction > 0:
         evaluations = planned_evaluations(cfg, est.total_steps, step_zero=t.eval_before_training)
-        per_example = eval_seconds_per_example(arch, mean, est.device_flops, kind)
+        per_example = eval_seconds_per_example(arch, mean, est.device_flops, kind, batch_size=t.batch_size)
         cap = eval_cap(cfg, available=int(held_out), evaluations=evaluations, train_seconds=est.seconds_total,
                        seconds_per_example=per_example, device_kind=kind)
         parts["evaluations"] = cap.eval_seconds or 0.0
@@ -486,12 +493,22 @@ def planned_evaluations(cfg: RunConfig, total_steps: int | None, *, step_zero: b
     return periodic + int(step_zero)
 
 
-def eval_seconds_per_example(arch: Architecture, mean_tokens: float, device_flops: float, kind: str) -> float:
+def batch_efficiency(kind: str, tokens: float) -> float:
+    """The share of the large-batch efficiency a batch of ``tokens`` tokens reaches (SMALL_BATCH_TOKENS)."""
+    extra = SMALL_BATCH_TOKENS.get(kind, 0)
+    if not extra or tokens <= 0:
+        return 1.0
+    return min(1.0, (tokens / (tokens + extra)) / (1024 / (1024 + extra)))
+
+
+def eval_seconds_per_example(arch: Architecture, mean_tokens: float, device_flops: float, kind: str, *,
+                             batch_size: int = 8) -> float:
     """Seconds one held-out example costs in an evaluation (a forward pass: 2N FLOPs per token plus
-    attention), at this machine's measured matmul speed."""
+    attention) in batches of ``batch_size``, at this machine's measured matmul speed."""
     length = max(1.0, float(mean_tokens) * EVAL_PADDING)
     flops = (2.0 * arch.total_params + 4.0 * arch.num_layers * length * arch.hidden_size) * length
-    return flops / (device_flops * EVAL_EFFICIENCY.get(kind, 0.3))
+    efficiency = EVAL_EFFICIENCY.get(kind, 0.3) * batch_efficiency(kind, batch_size * length)
+    return flops / (device_flops * efficiency)
 
 
 @dataclass

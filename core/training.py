@@ -413,7 +413,8 @@ def _cap_evaluation(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink],
         est = estimate(cfg, model_info=arch, device=device, dataset_stats=stats)
         train_seconds = est.seconds_per_step * total_steps
         held_out = _token_lengths(eval_dataset)
-        per_example = eval_seconds_per_example(arch, sum(held_out) / len(held_out), est.device_flops, kind)
+        per_example = eval_seconds_per_example(arch, sum(held_out) / len(held_out), est.device_flops, kind,
+                                               batch_size=cfg.training.batch_size)
     cap = eval_cap(cfg, available=len(eval_dataset), evaluations=evaluations, train_seconds=train_seconds,
                    seconds_per_example=per_example, device_kind=kind)
     _write_status(run_dir, **cap.to_status())
