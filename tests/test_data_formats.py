@@ -188,7 +188,16 @@ def test_plain_text_is_cut_into_pieces_at_paragraphs(tmp_path):
     path = tmp_path / "book.txt"
     path.write_text(text, encoding="utf-8")
     raw, guess, records, numbers = load_records(cfg(path, text_chunk_chars=300))
-    assert raw.kind == "text" and guess.schema == "text" and numbers == [line for line, _ in chunks]
+    assert raw.kind == "text" and guess.schema == "text" and numbers == list(range(1, len(chunks) + 1))
+    assert [raw.start_lines[n] for n in numbers] == [line for line, _ in chunks]
+    assert raw.where(2) == f"piece 2 (line {chunks[1][0]})"
+    # one long paragraph gives several pieces, each with its own number
+    long = tmp_path / "long.txt"
+    long.write_text("A sentence that goes on. " * 100, encoding="utf-8")
+    raw = load_raw(str(long), text_chunk_chars=300)
+    assert len(raw.rows) > 1 and raw.line_numbers == list(range(1, len(raw.rows) + 1))
+    assert set(raw.start_lines.values()) == {1}
+    assert load_raw(str(long), max_rows=2, text_chunk_chars=300).rows == raw.rows[:2]  # a preview reads the start
     assert "\nsecond line." in records[0]["text"]  # line breaks kept: whitespace clean-up is for table cells
 
 

@@ -48,12 +48,12 @@ class RawDataset:
     rows: list[dict]
     bad_rows: list[BadRow]
     # The row number of every entry of ``rows`` (same length), as a user finds it: the line of a JSONL
-    # file or of a text chunk's first line, the spreadsheet row of a CSV (header = row 1), the 1-based
+    # file, the piece number of plain text, the spreadsheet row of a CSV (header = row 1), the 1-based
     # position in a JSON list / Parquet file / Hub split; in a folder of several files the rows are
     # numbered on across the files. ``data.drop_rows`` and every message use these numbers.
     line_numbers: list[int] = field(default_factory=list)
-    line_label: str = "line"  # "line" for text files, "row" for tables
-    # row number -> line it starts on, where they differ (CSV rows after a multi-line cell)
+    line_label: str = "line"  # "line" for JSONL, "row" for tables, "piece" for plain text
+    # row number -> line it starts on, where they differ (CSV rows after a multi-line cell, text pieces)
     start_lines: dict[int, int] = field(default_factory=dict)
     # (number of the rows before it, file name, its own label) of each file of a multi-file folder
     parts: list[tuple[int, str, str]] = field(default_factory=list)
@@ -442,14 +442,23 @@ def text_chunks(text: str, chunk_chars: int = TEXT_CHUNK_CHARS) -> list[tuple[in
 
 def _read_text(path: Path, *, max_rows=None, text_chunk_chars=TEXT_CHUNK_CHARS, **_) -> RawDataset:
     """Plain text (.txt, .md) for continued pre-training: one ``text`` row per chunk (``text_chunks``),
-    numbered by the line it starts on."""
-    raw = path.read_bytes()
+    numbered 1, 2, 3... (``start_lines`` has the line each starts on)."""
+    with open(path, "rb") as handle:
+        if max_rows is None:
+            raw = handle.read()
+        else:
+            # A preview reads only enough for max_rows pieces (a piece holds at most 4 bytes per character).
+            raw = handle.read((max_rows + 1) * max(50, int(text_chunk_chars)) * 4 + 65536)
+            if handle.read(1):
+                raw = raw[: raw.rfind(b"\n") + 1] or raw  # whole lines only: no character cut in two
     _check_binary(path, raw[:8192])
     chunks = text_chunks(_decode_whole(raw, path).replace("\r\n", "\n"), text_chunk_chars)
     if max_rows is not None:
         chunks = chunks[:max_rows]
+    # Pieces are numbered 1, 2, 3...: a long paragraph gives several pieces that start on the same line.
     return RawDataset(str(path), "text", ["text"], [{"text": chunk} for _, chunk in chunks], [],
-                      [line for line, _ in chunks], "line", plain_text=True)
+                      list(range(1, len(chunks) + 1)), "piece",
+                      {number: line for number, (line, _) in enumerate(chunks, start=1)}, plain_text=True)
 
 
 _READERS = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
@@ -735,9 +744,10 @@ class LazyJsonlTable:
         except json.JSONDecodeError as exc:
             raise DataError(f"malformed JSON ({exc.msg} at column {exc.colno})", source=str(self.path),
                             line=line) from None
-        if not isinstance(value, dict):
-            raise DataError(f"expected a JSON object, got {type(value).__name__}", source=str(self.path), line=line)
-        return value
+        row, problem = _as_row(value)  # a bare list of messages is one conversation, as load_raw reads it
+        if row is None:
+            raise DataError(str(problem), source=str(self.path), line=line)
+        return row
 
     def rows(self, start: int, stop: int) -> list[dict | None]:
         """Rows ``start..stop-1``; malformed ones come back as None (for a table view)."""
