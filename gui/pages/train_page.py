@@ -345,6 +345,19 @@ class TrainPage(QWidget):
         file_row.addWidget(self.save_button)
         file_row.addStretch(1)
         column.addLayout(file_row)
+        explore_row = QHBoxLayout()
+        self.lr_find_button = QPushButton("Find a learning rate")
+        self.lr_find_button.setToolTip("A short test run with a growing learning rate: see where the loss falls "
+                                       "fastest and where it blows up, and take the suggested value.")
+        self.lr_find_button.clicked.connect(self.open_lr_finder)
+        self.compare_button = QPushButton("Compare settings")
+        self.compare_button.setToolTip("Train a few variants of one or two settings one after another, watch "
+                                       "their curves race and keep the winner.")
+        self.compare_button.clicked.connect(self.open_compare)
+        explore_row.addWidget(self.lr_find_button)
+        explore_row.addWidget(self.compare_button)
+        explore_row.addStretch(1)
+        column.addLayout(explore_row)
 
         self.form = ConfigForm(("method", "training"))
         column.addWidget(self.form)
@@ -998,7 +1011,8 @@ class TrainPage(QWidget):
         else:
             self.resume_button.setToolTip("Continue a stopped or interrupted run (none right now).")
         for widget in (self.form, self.preset_combo, self.undo_preset_button, self.load_button,
-                       self.device_combo, self.processes_spin, self.estimate_panel.measure_button):
+                       self.device_combo, self.processes_spin, self.estimate_panel.measure_button,
+                       self.lr_find_button, self.compare_button):
             widget.setEnabled(not busy)
         self.probe_editor.setEnabled(not busy and self.processes_spin.value() == 1)
 
@@ -1218,6 +1232,24 @@ class TrainPage(QWidget):
             self._log(f"Could not load the training libraries in advance: {outcome}")
         else:
             self.refresh_devices()
+
+    def open_lr_finder(self, *, autostart: bool = True):
+        """The learning-rate finder on the current settings (gui.lr_find_dialog); returns the dialog."""
+        from gui.lr_find_dialog import LRFindDialog
+
+        dialog = LRFindDialog(self.state, self, autostart=autostart)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
+
+    def open_compare(self):
+        """Variants side by side (gui.compare_dialog); returns the dialog."""
+        from gui.compare_dialog import CompareDialog
+
+        dialog = CompareDialog(self.state, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
 
     def _set_run_state(self, state: str) -> None:
         self.run_state = state
