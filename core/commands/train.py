@@ -30,6 +30,8 @@ _FLAG_FIELDS = (
     ("learning_rate", "training.learning_rate"),
     ("epochs", "training.num_epochs"),
     ("batch_size", "training.batch_size"),
+    ("start_from", "method.start_from"),
+    ("beta", "method.dpo_beta"),
 )
 
 
@@ -42,7 +44,11 @@ def register(subparsers) -> None:
     p.add_argument("--model", help="base model: bundled:SmolLM2-135M-Instruct, a folder, or a Hub id")
     p.add_argument("--data", help="dataset: a file, a folder, a Hub id, or sample:<topic>")
     add_map_argument(p)
-    p.add_argument("--method", choices=("lora", "full", "prefix", "qlora"))
+    p.add_argument("--method", choices=("lora", "full", "prefix", "qlora", "dpo"),
+                   help="dpo: preference tuning (LoRA + DPO) on prompt/chosen/rejected data, e.g. Chat's A/B votes")
+    p.add_argument("--start-from", metavar="RUN_DIR",
+                   help="dpo: train this SFT run's adapter further (default: the base model with new adapters)")
+    p.add_argument("--beta", type=float, help="dpo: how close the model stays to its reference (default 0.1)")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--epochs", type=float)
@@ -163,6 +169,12 @@ def check_data_before_the_run(cfg: RunConfig, console, stop: StopToken) -> None:
         console.on_status(StatusEvent("running", message, fraction=fraction, phase="tokenizing"))
 
     console.on_status(StatusEvent("running", "checking the data", phase="loading"))
+    if cfg.method.method == "dpo":
+        from core.preference import check_trl, load_preference_pairs
+
+        check_trl()
+        load_preference_pairs(cfg.data, stop=stop)  # preference pairs; TRL tokenizes them in the run
+        return
     require_trainable(cfg.data, stop=stop)
     tokenizer = load_tokenizer(cfg.model)
     prepare_dataset(cfg.data, tokenizer, cfg.training.max_length, stop=stop, progress=progress)

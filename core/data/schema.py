@@ -220,11 +220,14 @@ def tool_call_problem(row: dict, column_map: dict[str, str]) -> str | None:
     return None
 
 
-def resolve_schema(columns: list[str], rows: list[dict], data_cfg) -> SchemaGuess:
+def resolve_schema(columns: list[str], rows: list[dict], data_cfg, *, allow_preference: bool = False) -> SchemaGuess:
     """The schema to use: detected, or the manual ``data_cfg.schema`` / ``data_cfg.column_map`` (a manual
     mapping always wins). Preference and tool-call data are refused with a DataError that says what
-    they are and what to do (see the module docstring)."""
+    they are and what to do (see the module docstring); ``allow_preference`` (DPO, core.preference) takes
+    preference data as it is."""
     guess = _resolve(columns, rows, data_cfg)
+    if allow_preference:
+        return guess
     chosen_only = getattr(data_cfg, "preference", "refuse") == "chosen_only"
     kind = "dpo" if guess.schema == "preference" else "kto" if guess.schema == "kto" else preference_kind(columns, rows)
     if kind is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -168,6 +169,8 @@ class ChatPage(QWidget):
         self._last_requests: dict[str, ChatRequest] = {}  # side -> the request of the latest answer
         self._continuing: dict[str, str] = {}  # side -> the answer so far, while "Continue" extends it
         self._answer_ids: dict[str, list[int]] = {}  # side -> the tokens of the last answer (for Continue)
+        self.ab_random = random.Random()  # which model is A in blind mode (tests seed it)
+        self._ab_sides: tuple[str, str] | None = None  # (side shown as A, side shown as B) of the current prompt
         self._build()
         self._user_chose_base = False  # the user picked "(none: base model only)": keep it on refreshes
         self.refresh_runs()
@@ -207,6 +210,14 @@ class ChatPage(QWidget):
         self.settings_toggle.setChecked(True)
         self.settings_toggle.setToolTip("Show or hide the settings shared by both sides")
         picker.addWidget(self.settings_toggle)
+        self.blind_toggle = QToolButton()
+        self.blind_toggle.setObjectName("chatBlindToggle")
+        self.blind_toggle.setText("Blind A/B")
+        self.blind_toggle.setCheckable(True)
+        self.blind_toggle.setToolTip("Show the two answers as A and B in random order, vote for the better one, and "
+                                     "see which model it was afterwards. Votes are saved as preference data (DPO).")
+        self.blind_toggle.toggled.connect(self._on_blind_toggled)
+        picker.addWidget(self.blind_toggle)
         outer.addLayout(picker)
 
         body = QHBoxLayout()
@@ -222,6 +233,13 @@ class ChatPage(QWidget):
         self.settings_toggle.toggled.connect(self.settings_box.setVisible)
         body.addWidget(self.settings_box)
         outer.addLayout(body, 1)
+        from gui.widgets.ab_vote import ABVoteBar
+
+        self.ab_bar = ABVoteBar()
+        self.ab_bar.voted.connect(self.vote)
+        self.ab_bar.reviewRequested.connect(self.review_votes)
+        self.ab_bar.setVisible(False)
+        outer.addWidget(self.ab_bar)
 
         prompt_row = QHBoxLayout()
         self.prompt = QPlainTextEdit()
@@ -474,6 +492,8 @@ class ChatPage(QWidget):
         if self.is_busy:
             self.stop()
         sources = self._run_sources()
+        if self.blind_mode and not self._start_blind_prompt(sources):
+            return None
         gen_cfg = self.generation_config()
         self._generation_id += 1
         self._active_id = self._generation_id
@@ -643,6 +663,8 @@ class ChatPage(QWidget):
         if not self._pending:
             self._active_id = None
             self._set_busy_ui()
+            if self.blind_mode and self._ab_sides is not None:
+                self.ab_bar.set_ready(all(self._turns[-1].answers.get(s) for s in SIDES))
 
     def _set_busy_ui(self) -> None:
         busy = self.is_busy
@@ -653,6 +675,109 @@ class ChatPage(QWidget):
         for pane in self.panes.values():
             pane.continue_button.setEnabled(not busy)
         self.busyChanged.emit(busy)
+
+    # ---------------------------------------------------------------------------------- blind A/B
+    @property
+    def blind_mode(self) -> bool:
+        return self.blind_toggle.isChecked()
+
+    def votes_store(self):
+        from core.preference import VoteStore, votes_path
+
+        return VoteStore(votes_path(getattr(self.state, "workspace", None)))
+
+    @Slot(bool)
+    def _on_blind_toggled(self, on: bool) -> None:
+        self.new_conversation()
+        self._ab_sides = None
+        self.ab_bar.setVisible(on)
+        self.ab_bar.set_ready(False)
+        self.ab_bar.reveal.setText("")
+        self._restore_panes()
+        if on:
+            for pane, letter in zip(self._pane_order, "AB", strict=True):
+                pane.title.setText(f"Answer {letter}")
+                pane.subtitle.setText("hidden until you vote")
+            self._show_win_rate()
+        else:
+            self._update_subtitles()
+
+    def _restore_panes(self) -> None:
+        # Panes back to base left, fine-tuned right, with their own titles.
+        self.panes = dict(zip(SIDES, self._pane_order, strict=True))
+        for side in SIDES:
+            self.panes[side].title.setText(_SIDE_TITLES[side])
+
+    @property
+    def _pane_order(self) -> list:
+        # The two pane widgets left to right (A, B in blind mode), whatever side they show.
+        if not hasattr(self, "_panes_left_right"):
+            self._panes_left_right = [self.panes[side] for side in SIDES]
+        return self._panes_left_right
+
+    def _start_blind_prompt(self, sources) -> bool:
+        # A fresh single-turn comparison with the models in random order; False without a fine-tuned run.
+        if sources.get("tuned") is None:
+            self.state.show_message("Blind A/B compares a fine-tuned run with its base: choose a run first")
+            return False
+        self.new_conversation()
+        order = list(SIDES)
+        self.ab_random.shuffle(order)
+        self._ab_sides = (order[0], order[1])
+        left, right = self._pane_order
+        self.panes = {order[0]: left, order[1]: right}
+        for pane, letter in ((left, "A"), (right, "B")):
+            pane.title.setText(f"Answer {letter}")
+            pane.subtitle.setText("hidden until you vote")
+        self.ab_bar.set_ready(False)
+        self.ab_bar.reveal.setText("")
+        return True
+
+    @Slot(str)
+    def vote(self, vote: str):
+        """Record the vote on the current A/B answers as a preference record and reveal the models."""
+        from core.preference import PreferenceRecord
+
+        if not self.blind_mode or self._ab_sides is None or self.is_busy or not self._turns:
+            return None
+        turn = self._turns[-1]
+        a_side, b_side = self._ab_sides
+        names = {"base": "base", "tuned": "fine-tuned"}
+        sources = self._run_sources()
+        run_dir = self.run_combo.currentData()
+        checkpoint = self.checkpoint_combo.currentText()
+        record = PreferenceRecord(
+            prompt=turn.user, a=turn.answers[a_side], b=turn.answers[b_side], a_model=names[a_side],
+            b_model=names[b_side], vote=vote,
+            models={"run": str(run_dir), "checkpoint": checkpoint, "fine-tuned": f"{run_dir} ({checkpoint})",
+                    "base": str(sources["base"][0]) if sources.get("base") else ""},
+            settings=dataclasses.asdict(self.generation_config()))
+        store = self.votes_store()
+        store.add(record)
+        self._ab_sides = None
+        self.ab_bar.set_ready(False)
+        left, right = self._pane_order
+        left.title.setText(f"Answer A: {_SIDE_TITLES[a_side]}")
+        right.title.setText(f"Answer B: {_SIDE_TITLES[b_side]}")
+        self.ab_bar.reveal.setText(f"You voted {vote.replace('_', ' ')}: A was the {names[a_side]} model, B the "
+                                   f"{names[b_side]} model. Saved to {store.path}.")
+        self._show_win_rate()
+        return record
+
+    def _show_win_rate(self) -> None:
+        from core.preference import win_rate
+
+        run_dir = str(self.run_combo.currentData())
+        records = [r for r in self.votes_store().records() if r.models.get("run") == run_dir]
+        self.ab_bar.rate.setText(f"This run: {win_rate(records).sentence()}")
+
+    @Slot()
+    def review_votes(self) -> None:
+        from gui.widgets.ab_vote import VoteReviewDialog
+
+        dialog = VoteReviewDialog(self.votes_store(), self)
+        dialog.exec()
+        self._show_win_rate()
 
     def _update_turns_label(self) -> None:
         n = len(self._turns)

@@ -16,6 +16,7 @@ from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -308,6 +309,18 @@ class EvaluatePage(QWidget):
         self.report_button.clicked.connect(self.open_report)
         report_row.addWidget(self.report_button)
         results_layout.addLayout(report_row)
+        # The forgetting check (core.forgetting): general ability base vs fine-tuned, with its threshold.
+        self.forgetting_label = QLabel("")
+        self.forgetting_label.setObjectName("forgettingLabel")
+        self.forgetting_label.setWordWrap(True)
+        self.forgetting_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.forgetting_label.setVisible(False)
+        results_layout.addWidget(self.forgetting_label)
+        self.per_example_check = QCheckBox("Also rank the examples by loss (hardest, easiest, went up)")
+        self.per_example_check.setToolTip("Measure base and fine-tuned loss of every training and held-out example "
+                                          "(up to 400 of each) and list them with their row numbers. A very high "
+                                          "loss after training often means a wrong or inconsistent label.")
+        results_layout.addWidget(self.per_example_check)
         top.addWidget(results, 2)
         outer.addLayout(top)
 
@@ -363,6 +376,12 @@ class EvaluatePage(QWidget):
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.table)
         splitter.addWidget(self.detail)
+        self.per_example_view = QPlainTextEdit()
+        self.per_example_view.setObjectName("perExampleView")
+        self.per_example_view.setReadOnly(True)
+        self.per_example_view.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
+        self.per_example_view.setVisible(False)
+        splitter.addWidget(self.per_example_view)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
         outer.addWidget(splitter, 1)
@@ -466,6 +485,7 @@ class EvaluatePage(QWidget):
             return
         n = self.n_spin.value()
         max_new_tokens = self.tokens_spin.value()
+        per_example = self.per_example_check.isChecked()
 
         def work(stop, progress):
             from core.evaluation import data_config_for, evaluate_run
@@ -475,8 +495,13 @@ class EvaluatePage(QWidget):
             gen_cfg = GenerationConfig(**{**vars(cfg.generation), "do_sample": False,
                                           "max_new_tokens": max_new_tokens})
             data_cfg = data_config_for(source, cfg) if source else None
-            return evaluate_run(run_dir, data_cfg=data_cfg, n=n, gen_cfg=gen_cfg, checkpoint=checkpoint,
-                                progress=progress, stop=stop)
+            report = evaluate_run(run_dir, data_cfg=data_cfg, n=n, gen_cfg=gen_cfg, checkpoint=checkpoint,
+                                  progress=progress, stop=stop)
+            if per_example:
+                from core.example_loss import rank_examples
+
+                report.per_example = rank_examples(run_dir, checkpoint=checkpoint, progress=progress, stop=stop)
+            return report
 
         self._task.start("Evaluation", work)
         self.progress.setValue(0)
@@ -543,6 +568,7 @@ class EvaluatePage(QWidget):
             f"{len(report.rows)} questions answered, loss over {report.n_loss_examples} examples "
             f"({report.split}) in {report.seconds:.1f} s.")
         self.report_button.setEnabled(Path(report.report_path).is_file())
+        self._show_forgetting_and_examples(report)
         self._fit_metrics_table()
         self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         self._update_count()
@@ -587,9 +613,26 @@ class EvaluatePage(QWidget):
                                   n_loss_tokens=int(metrics.get("n_loss_tokens", 0)),
                                   base=metrics.get("base", {}), tuned=metrics.get("tuned", {}), rows=rows,
                                   seconds=float(metrics.get("seconds", 0.0)))
+        from core.example_loss import load_example_losses
+        from core.forgetting import load_forgetting
+
+        report.forgetting = load_forgetting(run_dir)
+        report.per_example = load_example_losses(run_dir)
         self.show_report(report)
         self.summary_label.setText("Last evaluation: " + self.summary_label.text())
         return True
+
+    def _show_forgetting_and_examples(self, report) -> None:
+        forgetting = getattr(report, "forgetting", None)
+        self.forgetting_label.setVisible(forgetting is not None)
+        if forgetting is not None:
+            self.forgetting_label.setText(forgetting.sentence())
+            color = {"fine": BETTER, "forgetting": WORSE}.get(forgetting.verdict)
+            self.forgetting_label.setStyleSheet(f"color: {color.name()};" if color is not None else "")
+        per_example = getattr(report, "per_example", None)
+        self.per_example_view.setVisible(per_example is not None)
+        if per_example is not None:
+            self.per_example_view.setPlainText(per_example.table(10))
 
     @staticmethod
     def _row_from_json(row_cls, data: dict):

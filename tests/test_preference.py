@@ -1,0 +1,117 @@
+"""Preference records, win rate, and DPO training (core.preference) on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.preference import PreferenceRecord, VoteStore, load_preference_pairs, votes_path, wilson_interval, win_rate
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(0, 5)
+    assert low == 0.0 and 0 < high < 0.5
+
+
+def _vote(vote, a_model="fine-tuned"):
+    b_model = "base" if a_model == "fine-tuned" else "fine-tuned"
+    return PreferenceRecord(prompt="Who wrote Hamlet?", a="answer A", b="answer B", a_model=a_model, b_model=b_model,
+                            vote=vote, models={"fine-tuned": "run/final", "base": "tiny"}, settings={"do_sample": False})
+
+
+def test_vote_store_saves_edits_exports(tmp_path):
+    store = VoteStore(votes_path(tmp_path / "ws"))
+    first = store.add(_vote("a"))
+    store.add(_vote("b", a_model="base"))  # B is the fine-tuned model: it won again
+    store.add(_vote("tie"))
+    store.add(_vote("both_bad"))
+    records = store.records()
+    assert [r.vote for r in records] == ["a", "b", "tie", "both_bad"]
+    assert records[0].chosen == "answer A" and records[0].rejected == "answer B"
+    rate = win_rate(records)
+    assert (rate.wins, rate.losses, rate.ties, rate.both_bad) == (2, 0, 1, 1)
+    assert "Fine-tuned wins 100% of 2 decided votes" in rate.sentence()
+    store.update(first.id, vote="b")
+    assert win_rate(store.records()).losses == 1
+    with pytest.raises(ValueError):
+        store.update(first.id, vote="maybe")
+    exported = tmp_path / "pairs.jsonl"
+    assert store.export(exported) == 2  # ties and both-bad have no pair
+    rows = [json.loads(line) for line in exported.read_text(encoding="utf-8").splitlines()]
+    assert {"prompt", "chosen", "rejected", "a_model", "b_model", "models", "settings"} <= set(rows[0])
+    store.delete(first.id)
+    assert len(store.records()) == 3
+
+
+def test_preference_files_of_every_shape(tmp_path):
+    from core.config import DataConfig
+
+    store = VoteStore(tmp_path / "votes.jsonl")
+    for vote in ("a", "tie", "b"):
+        store.add(_vote(vote))
+    pairs, skipped, label = load_preference_pairs(DataConfig(source=str(store.path)))
+    assert len(pairs) == 2 and skipped == [(2, "a tie vote has no chosen answer")] and label == "line"
+    # LLaMA-Factory's conversation-shaped DPO file (dpo_en_demo.json)
+    factory = tmp_path / "dpo_en_demo.json"
+    factory.write_text(json.dumps([{"conversations": [{"from": "human", "value": "Hi?"}],
+                                    "chosen": {"from": "gpt", "value": "Hello!"},
+                                    "rejected": {"from": "gpt", "value": "Go away."}}]), encoding="utf-8")
+    pairs, skipped, _ = load_preference_pairs(DataConfig(source=str(factory)))
+    assert pairs[0].prompt == [{"role": "user", "content": "Hi?"}] and pairs[0].chosen == "Hello!"
+    # SFT data is not preference data
+    sft = tmp_path / "qa.jsonl"
+    sft.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n", encoding="utf-8")
+    from core.errors import DataError
+
+    with pytest.raises(DataError, match="DPO needs preference data"):
+        load_preference_pairs(DataConfig(source=str(sft)))
+
+
+GOOD = ["Paris", "William Shakespeare", "Mars", "Honey", "Blue"]
+BAD = ["I do not know", "Nobody", "No idea", "Nothing", "Green"]
+QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "Which planet is red?", "What do bees make?",
+             "What colour is the sky?"]
+
+
+def test_dpo_from_an_sft_adapter_learns_the_votes_and_loads_in_plain_peft(tiny_model_dir, tmp_path, isolated_home,
+                                                                         capsys):
+    from lora_run import make_lora_run
+
+    from core.cli import main
+    from core.preference import reward_accuracy
+    from core.runs import read_metrics
+
+    sft = make_lora_run(tmp_path / "sft", tiny_model_dir)
+    store = VoteStore(votes_path(tmp_path / "ws"))
+    for i in range(20):  # 20 scripted votes: the good answer always wins, shown as A or B
+        q, good, bad = QUESTIONS[i % 5], GOOD[i % 5], BAD[i % 5]
+        if i % 2:
+            store.add(PreferenceRecord(q, good, bad, "fine-tuned", "base", "a"))
+        else:
+            store.add(PreferenceRecord(q, bad, good, "base", "fine-tuned", "b"))
+    code = main(["train", "--model", str(tiny_model_dir), "--data", str(store.path), "--method", "dpo",
+                 "--start-from", str(sft), "--output", str(tmp_path / "ws"), "--name", "dpo", "--epochs", "8",
+                 "--learning-rate", "5e-3", "--batch-size", "4", "--set", "data.test_fraction=0",
+                 "--set", "training.max_length=64", "--set", "training.logging_steps=2",
+                 "--set", "training.save_steps=1000", "--set", "method.lora_dropout=0"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "dpo train @ step" in err and "reward accuracy" in err
+    run = tmp_path / "ws" / "dpo"
+    lines = [r for r in read_metrics(run) if r.get("kind") == "preference"]
+    assert lines and {"reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward"} <= set(lines[-1])
+    measured = reward_accuracy(run)
+    assert measured["pairs"] == 20
+    assert measured["reward_accuracy"] > 0.5, measured
+    assert measured["logp_margin_tuned"] > measured["logp_margin_reference"], measured
+    # final/ is a plain peft adapter (no frozen reference copy)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert not (run / "final" / "ref").exists()
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(run / "final"))
+    assert list(model.peft_config) == ["default"]
