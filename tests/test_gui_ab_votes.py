@@ -28,6 +28,8 @@ def test_twenty_blind_votes_are_saved_with_a_win_rate(qtbot, chat_page, tmp_path
         a_sides.append(a_side)
         # Hidden: the panes say A and B, not which model.
         assert page._pane_order[0].title.text() == "Answer A"
+        assert "Fine-tuned" not in page._pane_order[0].text() + page._pane_order[1].text()
+        assert "Base model" not in page._pane_order[0].text() + page._pane_order[1].text()
         # The scripted voter prefers the fine-tuned answer, except every fifth prompt (a tie).
         vote = "tie" if i % 5 == 4 else ("a" if a_side == "tuned" else "b")
         page.ab_bar.buttons[vote].click()

@@ -514,11 +514,11 @@ class ChatPage(QWidget):
             pane.add_text(text)
             source = sources[side]
             if source is None:
-                pane.add_speaker(_SIDE_TITLES[side])
+                pane.add_speaker(self._speaker_name(side))
                 pane.add_text("(no fine-tuned run chosen)")
                 self._turns[-1].notes[side] = "no run"
                 continue
-            pane.add_speaker(_SIDE_TITLES[side])
+            pane.add_speaker(self._speaker_name(side))
             pane.status.setText("Waiting…")
             request = ChatRequest(
                 generation_id=self._generation_id,
@@ -702,6 +702,12 @@ class ChatPage(QWidget):
         else:
             self._update_subtitles()
 
+    def _speaker_name(self, side: str) -> str:
+        # Blind mode names the answers only A and B in the transcript too.
+        if self.blind_mode and self._ab_sides is not None:
+            return f"Answer {'AB'[self._ab_sides.index(side)]}"
+        return _SIDE_TITLES[side]
+
     def _restore_panes(self) -> None:
         # Panes back to base left, fine-tuned right, with their own titles.
         self.panes = dict(zip(SIDES, self._pane_order, strict=True))
@@ -759,6 +765,8 @@ class ChatPage(QWidget):
         left, right = self._pane_order
         left.title.setText(f"Answer A: {_SIDE_TITLES[a_side]}")
         right.title.setText(f"Answer B: {_SIDE_TITLES[b_side]}")
+        left.subtitle.setText("revealed")
+        right.subtitle.setText("revealed")
         self.ab_bar.reveal.setText(f"You voted {vote.replace('_', ' ')}: A was the {names[a_side]} model, B the "
                                    f"{names[b_side]} model. Saved to {store.path}.")
         self._show_win_rate()
