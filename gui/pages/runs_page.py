@@ -242,6 +242,10 @@ class RunsPage(QWidget):
         top_layout.addWidget(self.table, 1)
         top_layout.addWidget(self.empty_label)
         top_layout.addLayout(actions)
+        from gui.queue_panel import QueuePanel
+
+        self.queue_panel = QueuePanel(self.state, self)  # waiting runs (hidden while the queue is empty)
+        top_layout.addWidget(self.queue_panel)
 
         compare = QSplitter(Qt.Orientation.Horizontal)
         plot_box = QWidget()
@@ -780,7 +784,8 @@ class RunsPage(QWidget):
         """Stop the timers, cancel a running resume/export and wait for its thread."""
         self._fallback.stop()
         self._debounce.stop()
-        return self._task.shutdown(timeout_ms)
+        queue_stopped = self.queue_panel.shutdown(timeout_ms)
+        return self._task.shutdown(timeout_ms) and queue_stopped
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
