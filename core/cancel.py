@@ -39,9 +39,10 @@ class StopToken:
 
 
 @contextlib.contextmanager
-def stop_on_ctrl_c(stop: StopToken, notice: str = "stopping...") -> Iterator[StopToken]:
-    """CLI helper: the first Ctrl+C requests a cooperative stop (``notice`` is printed), the second aborts
-    with KeyboardInterrupt. The previous SIGINT handler is restored afterwards; no-op off the main thread."""
+def stop_on_ctrl_c(stop: StopToken, notice: str | Callable[[], str] = "stopping...") -> Iterator[StopToken]:
+    """CLI helper: the first Ctrl+C requests a cooperative stop (``notice`` is printed; a callable is asked
+    at that moment, so the words fit what is happening), the second aborts with KeyboardInterrupt. The
+    previous SIGINT handler is restored afterwards; no-op off the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
@@ -51,7 +52,7 @@ def stop_on_ctrl_c(stop: StopToken, notice: str = "stopping...") -> Iterator[Sto
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         stop.request("stopped with Ctrl+C")
-        print(f"\n{notice}", file=sys.stderr)
+        print(f"\n{notice() if callable(notice) else notice}", file=sys.stderr)
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

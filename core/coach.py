@@ -240,6 +240,30 @@ class Coach:
                 self.update(point)
         return self.advice
 
+    def diverged(self, step: int, what: str) -> list[Advice]:
+        """The run was stopped as diverged (core.training: non-finite, or far above its start and rising)
+        before a rule fired: fire the learning-rate advice now (once) and return what fired. ``what`` says
+        what was seen, e.g. "the training loss rose to 43.5 at step 3"."""
+        new: list[Advice] = []
+        if any(rule in self.fired for rule in ("nan_loss", "lr_too_high", "divergence")):
+            return new
+        if self._is_early(step):
+            self._fire(new, self._lr_too_high_advice(step, what, {"step": step}))
+            return new
+        new_lr = self._lower_lr(3)
+        self._fire(new, Advice(
+            rule="divergence",
+            title="Training is diverging",
+            sentence=(f"{what[:1].upper()}{what[1:]}, so training is making the model worse; resume from an "
+                      f"earlier checkpoint with a lower learning rate ({fmt(new_lr)})."),
+            evidence={"step": step, "learning_rate": self.learning_rate},
+            suggestion={"training.learning_rate": new_lr},
+            action=f"Lower the learning rate to {fmt(new_lr)}",
+            step=step,
+            severity="error",
+        ))
+        return new
+
     def finish(self) -> list[Advice]:
         """Call once when the run has finished: the "all is well" note when no warning fired and the held-out
         loss improved (empty otherwise)."""
@@ -675,6 +699,10 @@ class CoachSink:
     def finish(self) -> None:
         """The run finished: announce the closing note (``Coach.finish``)."""
         self._announce(self.coach.finish())
+    def diverged(self, step: int, what: str) -> None:
+        """The run was stopped as diverged: announce the coach's advice (``Coach.diverged``) if none fired."""
+        self._announce(self.coach.diverged(step, what))
+
 
     def _announce(self, advice: list[Advice]) -> None:
         from core.metrics import emit_advice

@@ -20,7 +20,7 @@ from typing import IO, Any, Protocol, runtime_checkable
 
 from core.jsonl import write_record
 
-STATES = ("running", "stopped", "finished", "failed", "interrupted")
+STATES = ("running", "stopped", "finished", "failed", "interrupted", "diverged")
 # What a running run is doing, in order (StatusEvent.phase): each has its own label in the GUI and CLI.
 PHASES = ("loading", "tokenizing", "measuring_base", "training", "evaluating", "saving")
 

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import RunConfig, atomic_write_text
+from core.config import SECTIONS, RunConfig, atomic_write_text
+from core.errors import StudioError
 from core.jsonl import read_objects
 
 logger = logging.getLogger(__name__)
@@ -97,9 +98,37 @@ def _process_start_time(pid: int) -> float | None:
         return None
 
 
+class RunFileError(StudioError):
+    """A run file (config.yaml, status.json) that is damaged: the message names it and the next action."""
+
+
+# status.json fields and the types they must have (None allowed for all but state): a damaged file is
+# reported as state "unknown" naming the field, never a crash in whatever reads it next.
+_INT, _NUMBER, _TEXT = (int,), (int, float), (str,)
+STATUS_FIELDS: dict[str, tuple[type, ...]] = {
+    "state": _TEXT, "message": _TEXT, "pid": _INT, "pid_started": _NUMBER, "global_step": _INT,
+    "total_steps": _INT, "created": _NUMBER, "started": _NUMBER, "ended": _NUMBER, "updated": _NUMBER,
+    "train_seconds": _NUMBER, "best_eval_loss": _NUMBER + _TEXT, "best_step": _INT, "best_checkpoint": _TEXT,
+    "last_checkpoint": _TEXT, "early_stopped_step": _INT, "final_dir": _TEXT, "eval_examples": _INT,
+}
+_KIND_WORDS = {_INT: "a whole number", _NUMBER: "a number", _TEXT: "text", _NUMBER + _TEXT: "a number"}
+
+
+def status_problem(status: dict) -> str | None:
+    """The first field of ``status`` whose type is wrong, in words (None when all are right)."""
+    for key, kinds in STATUS_FIELDS.items():
+        value = status.get(key)
+        if value is None and key != "state":
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"field '{key}' should be {_KIND_WORDS[kinds]}, not {value!r}"
+    return None
+
+
 def read_status(run_dir: str | os.PathLike) -> dict:
     """The run's status.json as a dict; ``state`` becomes ``interrupted`` when it says running but its
-    process is gone (killed, crashed, machine rebooted). An unreadable file gives ``state: unknown``."""
+    process is gone (killed, crashed, machine rebooted). An unreadable file, or one with a field of the
+    wrong type, gives ``state: unknown`` (the wrong field is left out) with a message naming it."""
     path = Path(run_dir) / STATUS_FILE
     try:
         status = json.loads(path.read_text(encoding="utf-8"))
@@ -109,6 +138,14 @@ def read_status(run_dir: str | os.PathLike) -> dict:
         return {"state": "unknown", "message": "no status.json"}
     except (ValueError, UnicodeDecodeError) as exc:
         return {"state": "unknown", "message": f"status.json unreadable: {exc}"}
+    except OSError as exc:
+        return {"state": "unknown", "message": f"status.json unreadable: {exc}"}
+    problem = status_problem(status)
+    if problem:
+        clean = {key: value for key, value in status.items()
+                 if key not in STATUS_FIELDS or status_problem({"state": "x", key: value}) is None}
+        clean.update(state="unknown", message=f"{path}: damaged ({problem})", damaged=True)
+        return clean
     if status.get("state") == "running" and not _pid_alive(status.get("pid"), status.get("pid_started")):
         status["state"] = "interrupted"
         status["message"] = ("the training process ended without saying so (killed or crashed); "
@@ -180,9 +217,79 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
+CONFIG_COPY = "run_config.yaml"  # the copy of config.yaml each checkpoint keeps (core.checkpoints)
+
+
+def last_config_copy(run_dir: str | os.PathLike) -> Path | None:
+    """The copy of config.yaml in the newest complete checkpoint that has one (the last good copy)."""
+    for _step, path in reversed(list_checkpoints(run_dir)):
+        if (path / CONFIG_COPY).is_file():
+            return path / CONFIG_COPY
+    return None
+
+
+def _config_problem(text: str, reference: dict | None) -> str | None:
+    """Why a run's config.yaml text is not a complete config (None when it is). A damaged file must be an
+    error, not a config silently filled with defaults (a cut file lost `training:` and trained 30 steps
+    instead of 10; an empty one switched to the bundled model)."""
+    import yaml
+
+    if not text.strip():
+        return "empty"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return f"not valid YAML: {getattr(exc, 'problem', exc)}"
+    if not isinstance(raw, dict):
+        return "not a mapping of sections"
+    missing = [section for section in SECTIONS if not isinstance(raw.get(section), dict)]
+    if missing:
+        return f"no `{missing[0]}:` section"
+    if isinstance(reference, dict):
+        for section in SECTIONS:
+            expected = reference.get(section)
+            if isinstance(expected, dict):
+                lost = [key for key in expected if key not in raw[section]]
+                if lost:
+                    return f"`{section}.{lost[0]}` is missing"
+    if not text.endswith("\n"):
+        return "cut short (its last line is incomplete)"
+    return None
+
+
 def load_run_config(run_dir: str | os.PathLike) -> RunConfig:
-    """The RunConfig saved in the run folder."""
-    return RunConfig.load(Path(run_dir) / CONFIG_FILE)
+    """The RunConfig saved in the run folder, read strictly: a damaged or incomplete config.yaml raises
+    RunFileError naming the file and the last good copy (in the newest checkpoint), never defaults."""
+    import yaml
+
+    from core.config import ConfigError
+
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    copy = last_config_copy(run_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunFileError(f"{path}: missing; this is not a run folder" +
+                           (f" (a copy is in {copy})" if copy else "")) from None
+    except (UnicodeDecodeError, OSError) as exc:
+        text, problem = None, f"unreadable: {exc}"
+    reference = None
+    if copy is not None:
+        try:
+            reference = yaml.safe_load(copy.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            reference = None
+    if text is not None:
+        problem = _config_problem(text, reference)
+    if problem is None:
+        try:
+            return RunConfig.from_yaml(text, source=str(path))
+        except ConfigError as exc:
+            problem = str(exc)
+    action = (f"The last good copy is {copy}: `cp {copy} {path}` restores it." if copy is not None else
+              "No copy exists (no complete checkpoint yet); start the run again.")
+    raise RunFileError(f"{path}: damaged ({problem}). {action}")
 
 
 @dataclass

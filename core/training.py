@@ -9,7 +9,6 @@ torch/transformers are imported inside functions so the GUI starts without them.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ from typing import Any
 from core import runs
 from core.cancel import StopToken
 from core.config import ConfigError, RunConfig, atomic_write_text
-from core.errors import Cancelled, StudioError, TrainingError
+from core.errors import Cancelled, DataError, ModelError, StudioError, TrainingError
 from core.metrics import MetricPoint, MetricsSink, StatusEvent
 
 logger = logging.getLogger(__name__)
@@ -195,16 +194,6 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def environment_info(device: Any = None) -> dict:
     """Versions and hardware of this machine, for environment.json (no git, no user data)."""
     info: dict = {
@@ -368,6 +357,132 @@ def trainer_class():
                 return loss, outputs
             return loss
 
+        # -- checkpoints: loaded strictly, saved completely, rotated safely ------------------------
+        # The run folder (set by _train_and_save); None when the Trainer is used on its own (tests).
+        studio_run_dir: Path | None = None
+        # training.save_total_limit, applied by our rotation once a new checkpoint is COMPLETE (the Trainer's
+        # own rotation, and its end-of-training deletion with a limit of 1, would delete old checkpoints
+        # before that: a kill in between left no complete checkpoint). See studio_take_over_rotation.
+        studio_keep: int | None = None
+        studio_expected_bytes: int | None = None
+        studio_space_warned = False
+        studio_notice: Any = None  # callable(str): a status line (low disk space)
+
+        def _studio_load(self, model, folder: Path, *, trainable: bool) -> None:
+            from core import checkpoints
+
+            if hasattr(model, "peft_config") and hasattr(model, "load_adapter"):
+                active = model.active_adapters[0] if getattr(model, "active_adapters", None) else "default"
+                try:
+                    result = model.load_adapter(str(folder), active, is_trainable=trainable)
+                except Exception as exc:  # noqa: BLE001 - a damaged adapter file: name it, suggest the previous one
+                    if isinstance(exc, StudioError):
+                        raise
+                    raise checkpoints.CheckpointError(
+                        f"{folder / checkpoints.ADAPTER_WEIGHTS_FILE}: cannot be loaded "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). "
+                        + checkpoints.damaged_hint(self.studio_run_dir, folder, "resume"), folder) from exc
+                config = model.peft_config.get(active) if isinstance(model.peft_config, dict) else None
+                checkpoints.check_adapter_load(result, folder,
+                                               prompt_learning=bool(getattr(config, "is_prompt_learning", False)))
+                return
+            if (folder / checkpoints.WEIGHTS_FILE).is_file() or (folder / checkpoints.WEIGHTS_INDEX_FILE).is_file():
+                checkpoints.load_full_weights(model, folder, run_dir=self.studio_run_dir)
+                return
+            raise checkpoints.CheckpointError(f"{folder}: no weights to load (no model.safetensors)", folder)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model=model)
+            self._studio_load(model if model is not None else self.model, Path(resume_from_checkpoint),
+                              trainable=True)
+
+        def _load_best_model(self):
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled or not self.state.best_model_checkpoint:
+                return super()._load_best_model()
+            logger.info("loading the best checkpoint %s (score %s)", self.state.best_model_checkpoint,
+                        self.state.best_metric)
+            self._studio_load(self.model, Path(self.state.best_model_checkpoint), trainable=False)
+
+        def _issue_warnings_after_load(self, load_result):
+            # Any other loading path: a missing or unexpected key is an error, never a warning.
+            from core.checkpoints import CheckpointError
+
+            if load_result.missing_keys or load_result.unexpected_keys:
+                raise CheckpointError(f"checkpoint weights do not fit the model (missing {load_result.missing_keys}, "
+                                      f"unexpected {load_result.unexpected_keys})")
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            from core import checkpoints
+
+            try:
+                return super()._load_optimizer_and_scheduler(checkpoint)
+            except Exception as exc:  # noqa: BLE001 - a damaged optimizer.pt / scheduler.pt
+                if isinstance(exc, StudioError) or checkpoint is None:
+                    raise
+                folder = Path(checkpoint)
+                raise checkpoints.CheckpointError(
+                    f"{folder}: the optimizer or scheduler state cannot be loaded "
+                    f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). "
+                    + checkpoints.damaged_hint(self.studio_run_dir, folder, "resume"), folder) from exc
+
+        def _save_checkpoint(self, model, trial):
+            from core import checkpoints
+
+            run_dir = self.studio_run_dir
+            owner = bool(self.args.should_save) and _is_main_process() and run_dir is not None
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            if owner:
+                # A folder of the same step left by an earlier, killed session (or one we resumed before):
+                # written afresh, so no stray .tmp file of the killed write ends up in a COMPLETE checkpoint.
+                if folder.exists():
+                    checkpoints.remove_checkpoint(folder)
+                self._studio_check_space(folder)
+            _barrier()  # other ranks write their RNG state into the folder: only after it was cleared
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as exc:
+                if checkpoints.is_disk_full(exc) and not isinstance(exc, checkpoints.DiskFullError):
+                    free = checkpoints.free_bytes(folder)
+                    raise checkpoints.DiskFullError(
+                        checkpoints.disk_full_message(folder, self.studio_expected_bytes, free,
+                                                      what=f"checkpoint-{self.state.global_step}"),
+                        folder, self.studio_expected_bytes, free) from exc
+                raise
+            # Every rank's random-number state is in the folder before rank 0 declares it complete.
+            _barrier()
+            if not owner or not folder.is_dir():
+                return
+            config = run_dir / runs.CONFIG_FILE
+            if config.is_file():
+                shutil.copyfile(config, folder / checkpoints.CONFIG_COPY)
+            atomic_write_text(folder / runs.COMPLETE_MARKER, f"{time.time()}\n")
+            checkpoints.rotate(run_dir, self.studio_keep, self.state.best_model_checkpoint)
+
+        def studio_take_over_rotation(self, run_dir: Path) -> None:
+            self.studio_run_dir = run_dir
+            self.studio_keep = self.args.save_total_limit
+            self.args.save_total_limit = None
+
+        def _studio_check_space(self, folder: Path) -> None:
+            from core import checkpoints
+
+            if self.studio_expected_bytes is None:
+                full = not (hasattr(self.model, "peft_config") and hasattr(self.model, "load_adapter"))
+                self.studio_expected_bytes = checkpoints.expected_checkpoint_bytes(self.studio_run_dir, self.model,
+                                                                                  full=full)
+            needed = self.studio_expected_bytes
+            free = checkpoints.free_bytes(folder.parent)
+            if free is None:
+                return
+            if free < needed:
+                raise checkpoints.DiskFullError(
+                    checkpoints.disk_full_message(folder, needed, free, what=folder.name), folder, needed, free)
+            if free < 3 * needed and not self.studio_space_warned and callable(self.studio_notice):
+                self.studio_space_warned = True
+                self.studio_notice(f"low disk space: {checkpoints.megabytes(free)} free in {folder.parent}, "
+                                   f"each checkpoint needs about {checkpoints.megabytes(needed)}")
+
     return StudioTrainer
 
 
@@ -430,8 +545,13 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
     class StudioCallback(TrainerCallback):
         def __init__(self) -> None:
             self.stopped_by_user = False
-            self.nan_step: int | None = None
-            self.nan_what = ""
+            # Divergence (a state, not a warning): the step, what was seen, whether the loss is non-finite.
+            self.diverged_step: int | None = None
+            self.diverged_what = ""
+            self.diverged_nonfinite = False
+            self.first_loss: float | None = None  # the run's first logged training loss (the untouched model's)
+            self.previous_loss: float | None = None
+            self.resumed = False
             self.best_eval_loss: float | None = None
             self.total_steps = 0
             self.session_start = time.time()
@@ -469,6 +589,19 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
             self.last_tokens = int(state.num_input_tokens_seen or 0)
             self.last_tokens_time = self.session_start
             self.last_step_time = self.session_start
+            # A resumed run: the evaluations up to its checkpoint (trainer_state.json's log history), so the
+            # best eval loss is that of the whole run, not of this session; its first and last training loss
+            # keep the divergence check going where it was.
+            self.resumed = int(state.global_step) > 0
+            for entry in state.log_history or []:
+                value = _finite(entry.get("loss"))
+                if value is not None and math.isfinite(value) and "eval_loss" not in entry:
+                    self.first_loss = value if self.first_loss is None else self.first_loss
+                    self.previous_loss = value
+
+                value, at = _finite(entry.get("eval_loss")), entry.get("step")
+                if value is not None and math.isfinite(value) and isinstance(at, int) and at > 0:
+                    self.best_eval_loss = value if self.best_eval_loss is None else min(self.best_eval_loss, value)
             _write_status(run_dir, state="running", global_step=int(state.global_step),
                           total_steps=self.total_steps, message="training")
             self.training_started = True
@@ -573,10 +706,8 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
                                 grad_norm=grad_norm, tokens_per_second=self.tokens_per_second,
                                 seconds_per_step=self.seconds_per_step, eta_seconds=self.eta(step), **common)
             _emit_metric(sinks, point)
-            if loss is None or not math.isfinite(loss):
-                # The weights are already poisoned: stop here and do not save or evaluate them.
-                self.nan_step = step
-                self.nan_what = f"loss {loss}"
+            if self._diverging(step, loss):
+                # The weights are poisoned or being wrecked: stop here and do not save or evaluate them.
                 control.should_training_stop = True
                 control.should_save = False
                 control.should_evaluate = False
@@ -586,20 +717,35 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
                               train_seconds=self.elapsed())
             return control
 
+        def _diverging(self, step: int, loss: float | None) -> bool:
+            """Non-finite, or at least DIVERGENCE_FACTOR x the first training loss at two logged points in a
+            row and still rising: the run has diverged."""
+            first, previous = self.first_loss, self.previous_loss
+            if loss is None or not math.isfinite(loss):
+                self.diverged_step, self.diverged_nonfinite = step, True
+                self.diverged_what = f"the training loss became {loss} at step {step}"
+                return True
+            if first is None:
+                self.first_loss = loss
+            self.previous_loss = loss
+            if (first is not None and first > 0 and previous is not None and previous >= DIVERGENCE_FACTOR * first
+                    and loss >= DIVERGENCE_FACTOR * first and loss > previous):
+                self.diverged_step = step
+                self.diverged_what = (f"the training loss rose to {loss:.4g} at step {step}, "
+                                      f"{loss / first:.1f}x its first value {first:.4g}, and is still rising")
+                return True
+            return False
+
         def on_save(self, args, state, control, **kwargs):
+            # The COMPLETE marker is already written (StudioTrainer._save_checkpoint, after every rank's files).
             folder = run_dir / runs.CHECKPOINTS_DIR / f"checkpoint-{state.global_step}"
-            # Every rank writes its own random-number state into the checkpoint: wait for all of them
-            # before rank 0 declares it complete.
-            _barrier()
             if not (state.is_world_process_zero and _is_main_process()):
                 return control
-            if folder.is_dir():
-                # Written only now, after the Trainer finished every file of the checkpoint.
-                atomic_write_text(folder / runs.COMPLETE_MARKER, f"{time.time()}\n")
             best = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
             _write_status(run_dir, global_step=int(state.global_step), total_steps=self.total_steps,
                           last_checkpoint=folder.name, best_checkpoint=best, best_step=_best_step(state),
-                          best_eval_loss=self.best_eval_loss, train_seconds=self.elapsed())
+                          best_eval_loss=_eval_loss_at(state, _best_step(state)) if best else self.best_eval_loss,
+                          train_seconds=self.elapsed())
             return control
 
     return StudioCallback()
@@ -651,6 +797,7 @@ def train(cfg: RunConfig, *, workspace: str | os.PathLike | None = None, run_dir
         # Each rank would create its own folder: the launcher must create one and pass it to every rank.
         raise TrainingError("a multi-process run needs one run folder for every process: start it with "
                             "`python main.py launch` (core.launch), which creates the folder and passes it on")
+    created_here = run_dir is None
     if run_dir is None:
         from core.paths import default_workspace
 
@@ -658,20 +805,54 @@ def train(cfg: RunConfig, *, workspace: str | os.PathLike | None = None, run_dir
         run_dir = runs.create_run_dir(Path(workspace) if workspace else default_workspace(), name)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not cfg.name:
-        cfg.name = run_dir.name
-    if _is_main_process():
-        cfg.save(run_dir / runs.CONFIG_FILE)
-        if probe_prompts:
-            save_probe_settings(run_dir, probe_prompts, probe_every, probe_max_new_tokens)
-    now = time.time()
-    _write_status(run_dir, state="running", message="starting", global_step=0, total_steps=0,
-                  created=now, started=now, ended=None, train_seconds=0.0)
-    logger.info("run %s: starting (%s on %s, data %s, rank %d of %d)", run_dir, cfg.method.method,
-                cfg.model.name_or_path, cfg.data.source, _process_rank(), _world_size())
-    probe_settings = _ProbeSettings(probe_prompts, probe_every, probe_max_new_tokens)
-    return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=None,
-                probes=probe_settings)
+    lock = _lock_run(run_dir, "train")
+    try:
+        if not cfg.name:
+            cfg.name = run_dir.name
+        if _is_main_process():
+            cfg.save(run_dir / runs.CONFIG_FILE)
+            if probe_prompts:
+                save_probe_settings(run_dir, probe_prompts, probe_every, probe_max_new_tokens)
+        now = time.time()
+        _write_status(run_dir, state="running", message="starting", global_step=0, total_steps=0,
+                      created=now, started=now, ended=None, train_seconds=0.0,
+                      config_sha256=_sha256(run_dir / runs.CONFIG_FILE))
+        logger.info("run %s: starting (%s on %s, data %s, rank %d of %d)", run_dir, cfg.method.method,
+                    cfg.model.name_or_path, cfg.data.source, _process_rank(), _world_size())
+        probe_settings = _ProbeSettings(probe_prompts, probe_every, probe_max_new_tokens)
+        return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=None,
+                    probes=probe_settings)
+    except (ModelError, DataError) as exc:
+        if created_here and _is_main_process() and not (run_dir / runs.CHECKPOINTS_DIR).exists():
+            # A start that failed before any training (missing model, not a model, unusable data): no
+            # run folder is left behind to list as "failed".
+            if lock is not None:
+                lock.release()
+                lock = None
+            shutil.rmtree(run_dir, ignore_errors=True)
+            logger.info("run %s: removed (it failed before training: %s)", run_dir, exc)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _sha256(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _lock_run(run_dir: Path, command: str) -> Any:
+    """Hold the run folder for this process (core.locks); ranks other than 0 leave that to rank 0."""
+    if not _is_main_process():
+        return None
+    from core.locks import RunLock
+
+    return RunLock(run_dir, f"{command} {run_dir.name}").acquire()
 
 
 def resolve_checkpoint(run_dir: str | os.PathLike, checkpoint: int | str | os.PathLike | None = None) -> Path:
@@ -703,11 +884,26 @@ def resume(run_dir: str | os.PathLike, *, checkpoint: int | str | os.PathLike | 
     """Continue a stopped or interrupted run from its latest (or the chosen) complete checkpoint,
     with the optimizer, scheduler and random-number state saved there. The probe prompts (and their
     interval and length) are those of run_dir/probes.json unless given here."""
-    from core.probes import load_probe_settings, normalize_probes, save_probe_settings
 
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise TrainingError(f"{run_dir}: not a run folder (no {runs.CONFIG_FILE})")
+    lock = _lock_run(run_dir, "resume")
+    try:
+        return _resume_locked(run_dir, checkpoint=checkpoint, sinks=sinks, stop=stop,
+                              extra_callbacks=extra_callbacks, probes=probes, probe_every=probe_every,
+                              probe_max_new_tokens=probe_max_new_tokens)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume_locked(run_dir: Path, *, checkpoint: int | str | os.PathLike | None, sinks: Sequence[MetricsSink],
+                   stop: StopToken | None, extra_callbacks: Sequence[Any], probes: Sequence[str] | None,
+                   probe_every: int | None, probe_max_new_tokens: int | None) -> RunResult:
+    from core.checkpoints import check_checkpoint, remove_incomplete
+    from core.probes import load_probe_settings, normalize_probes, save_probe_settings
+
     status = runs.read_status(run_dir)
     if status.get("state") == "running":
         raise TrainingError(f"{run_dir}: this run is still training (process {status.get('pid')})")
@@ -715,6 +911,10 @@ def resume(run_dir: str | os.PathLike, *, checkpoint: int | str | os.PathLike | 
         raise TrainingError(f"{run_dir}: this run already finished; start a new run to train further")
     cfg = runs.load_run_config(run_dir)
     start_from = resolve_checkpoint(run_dir, checkpoint)
+    # A damaged file is one line naming it and the previous complete checkpoint, before anything loads.
+    check_checkpoint(start_from, for_resume=True, run_dir=run_dir, command="python main.py resume")
+    if _is_main_process():
+        remove_incomplete(run_dir)  # half-written checkpoints and stray .tmp files of a killed session
     saved = load_probe_settings(run_dir)
     given = probes is not None or probe_every is not None or probe_max_new_tokens is not None
     probe_prompts = normalize_probes(probes) if probes is not None else saved["prompts"]
@@ -726,31 +926,21 @@ def resume(run_dir: str | os.PathLike, *, checkpoint: int | str | os.PathLike | 
     _write_status(run_dir, state="running", message=f"resuming from {start_from.name}", ended=None)
     logger.info("run %s: resuming from %s (rank %d of %d)", run_dir, start_from.name, _process_rank(), _world_size())
     return _run(cfg, run_dir, sinks=sinks, stop=stop, extra_callbacks=extra_callbacks, resume_from=start_from,
-                prior_elapsed=float(status.get("train_seconds") or 0.0),
+                prior_elapsed=runs._number(status.get("train_seconds"), float) or 0.0,
                 probes=_ProbeSettings(probe_prompts, probe_every, probe_max_new_tokens))
 
 
-def _fail(run_dir: Path, sinks: Sequence[MetricsSink], message: str, step: int | None) -> None:
+def _fail(run_dir: Path, sinks: Sequence[MetricsSink], message: str, step: int | None,
+          state: str = "failed") -> None:
     try:
-        _write_status(run_dir, state="failed", message=message, ended=time.time(),
+        _write_status(run_dir, state=state, message=message, ended=time.time(),
                       **({"global_step": step} if step is not None else {}))
     except OSError:  # a full disk may refuse even this small file; the raised error still tells the user
         logger.warning("%s: could not record the failure in status.json", run_dir, exc_info=True)
     try:
-        _emit_status(sinks, StatusEvent("failed", message, step=step))
+        _emit_status(sinks, StatusEvent(state, message, step=step))
     except OSError:  # metrics.jsonl on a full disk: same; the raised error reaches the user anyway
         logger.warning("%s: could not record the failure in metrics.jsonl", run_dir, exc_info=True)
-
-
-def _remove_incomplete_checkpoints(run_dir: Path) -> None:
-    """Delete checkpoint folders without COMPLETE (half-written by a failed save): they free space and
-    can never be resumed from."""
-    folder = run_dir / runs.CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return
-    for child in folder.iterdir():
-        if runs.checkpoint_step(child) is not None and not (child / runs.COMPLETE_MARKER).exists():
-            shutil.rmtree(child, ignore_errors=True)
 
 
 def _coach_sink(cfg: RunConfig, run_dir: Path, targets: Sequence[MetricsSink], *, resuming: bool) -> Any:
@@ -768,6 +958,7 @@ def _coach_sink(cfg: RunConfig, run_dir: Path, targets: Sequence[MetricsSink], *
 def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: StopToken | None,
          extra_callbacks: Sequence[Any], resume_from: Path | None, prior_elapsed: float = 0.0,
          probes: _ProbeSettings | None = None) -> RunResult:
+    from core.checkpoints import is_disk_full
     from core.metrics import JsonlSink
 
     # Ranks other than 0 report nothing: rank 0 speaks for the run (one metrics.jsonl, one console line).
@@ -791,14 +982,22 @@ def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: S
         _write_status(run_dir, state="stopped", message=message, ended=time.time())
         _emit_status(all_sinks, StatusEvent("stopped", message))
         return RunResult(run_dir, "stopped", 0, None, None, None, message)
-    except _NanLoss as exc:
+    except _Diverged as exc:
+        if coach is not None:
+            try:
+                coach.diverged(exc.step, exc.what)  # printed by the CLI, recorded in metrics.jsonl
+            except OSError:  # metrics.jsonl unwritable: the advice still reaches the message below
+                logger.warning("%s: could not record the coach's advice", run_dir, exc_info=True)
+        last = runs.latest_checkpoint(run_dir)
+        message = (f"diverged: {exc.what}; training stopped there and nothing after "
+                   f"{last.name if last else 'the start'} was saved. {_divergence_advice(cfg, coach)}")
+        logger.warning("run %s: %s", run_dir, message)
+        _fail(run_dir, all_sinks, message, exc.step, state="diverged")
+        raise TrainingError(message) from None
+    except _BaseModelBroken as exc:
         logger.warning("run %s: %s", run_dir, exc)
-        _fail(run_dir, all_sinks, str(exc), exc.step)
+        _fail(run_dir, all_sinks, str(exc), 0)
         raise TrainingError(str(exc)) from None
-    except StudioError as exc:
-        logger.error("run %s failed: %s", run_dir, exc, exc_info=True)
-        _fail(run_dir, all_sinks, str(exc), None)
-        raise
     except KeyboardInterrupt:
         last = runs.latest_checkpoint(run_dir)
         message = ("aborted (second Ctrl+C); " + (f"resume from {last.name}" if last else "no checkpoint was saved"))
@@ -806,23 +1005,52 @@ def _run(cfg: RunConfig, run_dir: Path, *, sinks: Sequence[MetricsSink], stop: S
         _emit_status(all_sinks, StatusEvent("stopped", message))
         raise
     except Exception as exc:
+        if is_disk_full(exc):
+            message = _disk_full(run_dir, exc)
+            logger.error("run %s: %s", run_dir, message, exc_info=True)
+            _fail(run_dir, all_sinks, message, None)
+            raise TrainingError(message) from exc
+        if isinstance(exc, StudioError):
+            logger.error("run %s failed: %s", run_dir, exc, exc_info=True)
+            _fail(run_dir, all_sinks, str(exc), None)
+            raise
         logger.exception("run %s failed", run_dir)
         if _is_out_of_memory(exc):
             message = f"out of memory while training ({type(exc).__name__}). {OOM_ADVICE}"
             _fail(run_dir, all_sinks, message, None)
             raise TrainingError(message) from exc
-        if _is_disk_full(exc):
-            if _is_main_process():
-                _remove_incomplete_checkpoints(run_dir)
-            last = runs.latest_checkpoint(run_dir)
-            message = (f"the disk is full (while writing into {run_dir}). Free some space, or lower "
-                       "`training.save_total_limit`; " +
-                       (f"the previous checkpoint {last.name} is intact and can be resumed."
-                        if last else "no earlier checkpoint exists."))
-            _fail(run_dir, all_sinks, message, None)
-            raise TrainingError(message) from exc
         _fail(run_dir, all_sinks, f"{type(exc).__name__}: {exc}", None)
         raise
+
+
+def _disk_full(run_dir: Path, exc: BaseException) -> str:
+    """Clean up after a full disk (incomplete checkpoint, final.partial, stray .tmp files: that frees the space
+    status.json needs) and say where, how much, and what is intact."""
+    from core.checkpoints import DiskFullError, disk_full_message, free_bytes, remove_incomplete
+
+    if _is_main_process():
+        remove_incomplete(run_dir)
+    full = exc if isinstance(exc, DiskFullError) else None
+    cause: BaseException | None = exc
+    while full is None and cause is not None:
+        cause = cause.__cause__ or cause.__context__
+        full = cause if isinstance(cause, DiskFullError) else None
+    head = str(full) if full is not None else disk_full_message(run_dir, None, free_bytes(run_dir),
+                                                                 what="a run file")
+    last = runs.latest_checkpoint(run_dir)
+    return head + ("; the previous checkpoint " + last.name + f" is intact: `python main.py resume {run_dir}` "
+                   "continues from it once there is room" if last else "; no earlier checkpoint exists")
+
+
+def _eval_loss_at(state: Any, step: int | None) -> float | None:
+    """The held-out loss logged at ``step`` (the best checkpoint's), so the two are reported as a pair."""
+    if step is None:
+        return None
+    for entry in reversed(state.log_history or []):
+        value = _finite(entry.get("eval_loss"))
+        if entry.get("step") == step and value is not None and math.isfinite(value):
+            return value
+    return None
 
 
 def _best_step(state: Any) -> int | None:
@@ -861,10 +1089,61 @@ def _early_stop_message(cfg: RunConfig, state: Any, step: int, best_checkpoint: 
     return head + f"; best was {scored}, final/ holds the weights of step {step}"
 
 
-class _NanLoss(Exception):
-    def __init__(self, message: str, step: int):
-        super().__init__(message)
+# A run has diverged when its training loss is non-finite, or at least this many times its first value at
+# two logged points in a row and still rising: it stops as ``diverged`` (nothing more is saved).
+DIVERGENCE_FACTOR = 3.0
+
+
+class _Diverged(Exception):
+    def __init__(self, what: str, step: int, nonfinite: bool):
+        super().__init__(what)
+        self.what = what
         self.step = step
+        self.nonfinite = nonfinite
+
+
+class _BaseModelBroken(Exception):
+    """The untouched model's loss is already not a number: the weights or the precision, not training."""
+
+
+def _load_finished_checkpoint(trainer: Any, checkpoint: Path, args: Any) -> None:
+    from transformers import TrainerState
+
+    from core.checkpoints import TRAINER_STATE_FILE
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_FILE))
+    best = trainer.state.best_model_checkpoint
+    if best and not Path(best).is_dir():  # the run folder moved since: the same name under this one
+        moved = checkpoint.parent / Path(best).name
+        trainer.state.best_model_checkpoint = str(moved) if moved.is_dir() else None
+    if args.load_best_model_at_end and trainer.state.best_model_checkpoint:
+        trainer._load_best_model()
+
+
+def _base_model_message(cfg: RunConfig, what: str, value: Any, when: str) -> str:
+    precision = cfg.training.precision
+    return (f"the untouched model's {what} is already {value} {when}, before any training, so the learning rate "
+            f"is not the cause: the model's numbers overflow in this precision ({precision}) or its weights are "
+            f"broken. Train in fp32 (`--set training.precision=fp32`) and check that {cfg.model.name_or_path} "
+            "loads and answers (`python main.py generate MODEL --prompt ...`)")
+
+
+def _divergence_advice(cfg: RunConfig, coach: Any) -> str:
+    """The coach's plain advice for a diverged run (its learning-rate or NaN note when one fired), else the
+    same remedy in our own words."""
+    fired = getattr(getattr(coach, "coach", None), "fired", {}) or {}
+    for rule in ("lr_too_high", "divergence", "nan_loss"):
+        advice = fired.get(rule)
+        if advice is not None and getattr(advice, "sentence", ""):
+            return f"{advice.title}: {advice.sentence}"
+    t = cfg.training
+    hints = [f"lower the learning rate (now {t.learning_rate:g}; try {t.learning_rate / 10:g})"]
+    if not t.max_grad_norm:
+        hints.append("turn gradient clipping back on (`training.max_grad_norm=1.0`)")
+    if t.precision == "fp16":
+        hints.append("train in bf16 or fp32 (fp16 overflows easily)")
+    return "Start again and " + ", ".join(hints[:-1]) + (" and " if len(hints) > 1 else "") + hints[-1] + "."
 
 
 def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], stop: StopToken | None,
@@ -987,31 +1266,42 @@ def _train_and_save(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink],
                                   processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    trainer.studio_take_over_rotation(run_dir)
+    trainer.studio_notice = lambda message: _emit_status(sinks, StatusEvent("running", message, phase="saving"))
 
     # -- train ----------------------------------------------------------------------------------
     if resume_from is None and eval_dataset is not None and cfg.training.eval_before_training:
         studio_callback.eval_started(trainer.state)
-        trainer.evaluate()
+        base_loss = _finite(trainer.evaluate().get("eval_loss"))
+        if base_loss is not None and not math.isfinite(base_loss):
+            raise _BaseModelBroken(_base_model_message(cfg, "held-out loss", base_loss, "at step 0"))
     if stop is not None:
         stop.raise_if_set()
     # Same seed right before train() in a fresh and a resumed run: the shuffling (and length grouping)
     # of the first epoch is identical, so the Trainer's skipping of seen batches lands on the same data.
     transformers.set_seed(cfg.training.seed)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    done = runs.checkpoint_step(resume_from) if resume_from is not None else None
+    if done is not None and studio_callback.total_steps and done >= studio_callback.total_steps:
+        # Killed while saving final/ after its last step: the Trainer would train one step past the end
+        # (11/10). Load that checkpoint (and the best one, as the end of train() would) and save final/.
+        _load_finished_checkpoint(trainer, resume_from, args)
+    else:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     state = trainer.state
     step = int(state.global_step)
     best_checkpoint = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
-    best_eval = studio_callback.best_eval_loss
     best_step = _best_step(state)
-    if studio_callback.nan_step is not None:
-        last = runs.latest_checkpoint(run_dir)
-        raise _NanLoss(
-            f"the training loss became not-a-number at step {studio_callback.nan_step} ({studio_callback.nan_what}): "
-            f"training stopped there. Lower the learning rate (now {cfg.training.learning_rate:g}; try 3-10x "
-            f"smaller) or keep gradient clipping on"
-            + (f"; the last good checkpoint is {last.name}." if last else "."),
-            studio_callback.nan_step)
+    best_eval = _eval_loss_at(state, best_step) if best_checkpoint else None
+    if best_eval is None:
+        best_eval = studio_callback.best_eval_loss
+    if studio_callback.diverged_step is not None:
+        if (studio_callback.diverged_nonfinite and not studio_callback.resumed and studio_callback.diverged_step <= 1
+                and studio_callback.first_loss is None):
+            # The first step's loss comes from the untouched weights: no update has happened yet.
+            raise _BaseModelBroken(_base_model_message(cfg, "training loss", "nan", "at step 1"))
+        raise _Diverged(studio_callback.diverged_what, studio_callback.diverged_step,
+                        studio_callback.diverged_nonfinite)
     if studio_callback.stopped_by_user:
         last = runs.latest_checkpoint(run_dir)
         message = (f"stopped at step {step}" + (f"; resume from {last.name}" if last else ""))
@@ -1030,7 +1320,16 @@ def _train_and_save(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink],
     if main:
         shutil.rmtree(partial, ignore_errors=True)
     # Every rank calls save_model (sharded set-ups gather weights collectively); only rank 0 writes.
-    trainer.save_model(str(partial))  # adapter (peft) or full model, plus the tokenizer
+    try:
+        trainer.save_model(str(partial))  # adapter (peft) or full model, plus the tokenizer
+    except Exception as exc:
+        from core import checkpoints
+
+        if checkpoints.is_disk_full(exc) and not isinstance(exc, checkpoints.DiskFullError):
+            free = checkpoints.free_bytes(run_dir)
+            raise checkpoints.DiskFullError(checkpoints.disk_full_message(partial, None, free, what="the final model"),
+                                            partial, None, free) from exc
+        raise
     early_stopped_step = _early_stopped_step(early_stopping, state, cfg)
     if not main:
         message = f"finished at step {step} (rank {_process_rank()}; rank 0 saves the run)"

@@ -364,13 +364,13 @@ def test_nan_loss_stops_at_that_step_with_advice(cfg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "training_step", poisoned)
     cfg.training.save_steps = cfg.training.eval_steps = 2
-    with pytest.raises(TrainingError, match=r"step 3.*learning rate") as info:
+    with pytest.raises(TrainingError, match=r"diverged: the training loss became nan at step 3.*learning rate") as info:
         from core.training import train
 
         train(cfg, workspace=tmp_path / "ws")
     run = next((tmp_path / "ws").iterdir())
     status = read_status(run)
-    assert status["state"] == "failed" and "step 3" in status["message"] and status["global_step"] == 3
+    assert status["state"] == "diverged" and "step 3" in status["message"] and status["global_step"] == 3
     assert [step for step, _ in list_checkpoints(run)] == [2]  # the poisoned weights were not saved
     assert "checkpoint-2" in str(info.value)
     assert torch.isnan(torch.tensor(float(_train_records(run)[-1]["loss"])))
@@ -464,8 +464,9 @@ def test_qlora_refused_on_cpu_and_missing_model(cfg, tmp_path):
     cfg.model.name_or_path = str(tmp_path / "no-such-model")
     with pytest.raises(ModelError):
         train(cfg, workspace=tmp_path / "ws")
-    assert {r.state for r in list_runs(tmp_path / "ws")} == {"failed"}
-    assert len(list_runs(tmp_path / "ws")) == 2  # the report_to check refuses before creating a folder
+    # Refused before training: the QLoRA run keeps its folder (failed, with the reason); the missing model
+    # leaves none; the report_to check refuses before creating a folder.
+    assert [r.state for r in list_runs(tmp_path / "ws")] == ["failed"]
 
 
 # --------------------------------------------------------------------------------------------- phases
@@ -564,7 +565,7 @@ def test_cli_train_probes(cfg, tmp_path, capsys):
 def test_cli_prints_and_records_the_coach_on_a_forced_divergence(cfg, tmp_path, capsys):
     """The coach runs headless: a learning rate far too high (1.0, full fine-tuning, no clipping) makes the
     CLI print "learning rate too high" within 20 steps, and the note is a {"kind": "coach"} line of
-    metrics.jsonl, once."""
+    metrics.jsonl, once. The run ends as diverged (exit 2), with that advice in its one error line."""
     from core.cli import main
 
     cfg.method.method = "full"
@@ -573,8 +574,11 @@ def test_cli_prints_and_records_the_coach_on_a_forced_divergence(cfg, tmp_path, 
     t.max_steps, t.eval_steps, t.save_steps = 8, 8, 8
     config = tmp_path / "run.yaml"
     cfg.save(config)
-    assert main(["train", "--config", str(config), "--output", str(tmp_path / "ws"), "--name", "diverged"]) == 0
+    assert main(["train", "--config", str(config), "--output", str(tmp_path / "ws"), "--name", "diverged"]) == 2
     err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "diverged" in errors[0] and "Learning rate likely too high" in errors[0], err
+    assert read_status(tmp_path / "ws" / "diverged")["state"] == "diverged"
     printed = [line for line in err.splitlines() if line.startswith("coach @ step")]
     assert any("Learning rate likely too high" in line for line in printed), err
     notes = [r for r in read_metrics(tmp_path / "ws" / "diverged") if r.get("kind") == "coach"]

@@ -18,11 +18,14 @@ _CORPUS = [
 ] * 20
 
 
-def make_tiny_model(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> Path:
-    """Write a random 2-layer GPT-NeoX (hidden 64) with its tokenizer into ``folder``."""
+def make_tiny_model(folder: Path, *, vocab_size: int = 512, seed: int = 0, arch: str = "gpt_neox",
+                    tie_word_embeddings: bool = False) -> Path:
+    """Write a random 2-layer model (hidden 64) with its tokenizer into ``folder``: GPT-NeoX (the Pythia
+    family; ``arch="gpt_neox"``) or Llama (``arch="llama"``; with ``tie_word_embeddings`` the output layer
+    shares the input embedding, as SmolLM2 does)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,9 @@ def make_tiny_model(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> Pa
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
-    config = GPTNeoXConfig(
+    config_class, model_class = {"gpt_neox": (GPTNeoXConfig, GPTNeoXForCausalLM),
+                                 "llama": (LlamaConfig, LlamaForCausalLM)}[arch]
+    config = config_class(
         vocab_size=len(fast),
         hidden_size=64,
         num_hidden_layers=2,
@@ -56,8 +61,8 @@ def make_tiny_model(folder: Path, *, vocab_size: int = 512, seed: int = 0) -> Pa
         eos_token_id=fast.eos_token_id,
         bos_token_id=fast.bos_token_id,
         pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
-    model = GPTNeoXForCausalLM(config)
+    model = model_class(config)
     model.save_pretrained(folder)
     return folder

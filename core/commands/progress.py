@@ -79,7 +79,13 @@ class TrainingConsole(ConsoleSink):
         self._bar_stage = ""
 
     def on_status(self, event: StatusEvent) -> None:
-        # Into a file or a pipe the status lines stay as they were (one per event, "running: ...").
+        # Into a file or a pipe the status lines stay lines ("running: ..."), but a stage's progress prints
+        # at most once per tenth (100k rows once printed 1,563 "tokenizing" lines).
+        if not self._tty and event.state == "running" and event.fraction is not None and event.step is None:
+            stage, band = event.message.split(":", 1)[0], int(min(max(event.fraction, 0.0), 1.0) * 10)
+            if (stage, band) == getattr(self, "_line_band", None):
+                return
+            self._line_band = (stage, band)
         if self._tty and event.state == "running" and event.fraction is not None and event.step is None:
             stage = event.message.split(":", 1)[0]
             if self._bar is None or stage != self._bar_stage:

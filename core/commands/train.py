@@ -101,9 +101,16 @@ def build_config(args) -> RunConfig:
     return cfg
 
 
-def stop_on_ctrl_c(stop: StopToken):
-    """First Ctrl+C: request a stop at the next step (a checkpoint is saved). Second: abort."""
-    return _stop_on_ctrl_c(stop, "stopping after this step and saving a checkpoint (Ctrl+C again to abort)")
+def stop_on_ctrl_c(stop: StopToken, console=None):
+    """First Ctrl+C: request a stop at the next step (a checkpoint is saved once training has started;
+    before that there is nothing to save, and the notice says so). Second: abort."""
+
+    def notice() -> str:
+        if getattr(console, "phase", "training") in ("training", "evaluating", "saving"):
+            return "stopping after this step and saving a checkpoint (Ctrl+C again to abort)"
+        return "stopping before training starts: nothing is trained yet, so no checkpoint (Ctrl+C again to abort)"
+
+    return _stop_on_ctrl_c(stop, notice)
 
 
 def _report(result) -> int:
@@ -149,10 +156,10 @@ def run_train(args) -> int:
     if getattr(args, "probe_tokens", None) is not None:
         probe_kwargs["probe_max_new_tokens"] = args.probe_tokens
     stop = StopToken()
-    console = TrainingConsole()
-    with stop_on_ctrl_c(stop):
+    console = _ErrorsOnce(TrainingConsole())
+    with stop_on_ctrl_c(stop, console):
         check_data_before_the_run(cfg, console, stop)
-        result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[_ErrorsOnce(console)],
+        result = train(cfg, workspace=Path(args.output) if args.output else None, sinks=[console],
                        stop=stop, **probe_kwargs)
     return _report(result)
 
@@ -181,13 +188,17 @@ def check_data_before_the_run(cfg: RunConfig, console, stop: StopToken) -> None:
 
 
 class _ErrorsOnce:
-    """The console without its "failed: ..." line: the CLI prints the error itself, once (core.cli)."""
+    """The console without its "failed: ..." (or "diverged: ...") line: the CLI prints the error itself, once
+    (core.cli). It also remembers the run's phase, for the Ctrl+C notice."""
 
     def __init__(self, console):
         self._console = console
+        self.phase: str | None = None
 
     def on_status(self, event) -> None:
-        if event.state != "failed":
+        if event.phase:
+            self.phase = event.phase
+        if event.state not in ("failed", "diverged"):
             self._console.on_status(event)
 
     def __getattr__(self, name):
@@ -203,8 +214,9 @@ def run_resume(args) -> int:
         record_cli_consent(args, load_run_config(args.run_dir).model.name_or_path)
     _quiet_library_progress_bars()
     stop = StopToken()
-    with stop_on_ctrl_c(stop):
-        result = resume(Path(args.run_dir), checkpoint=args.checkpoint, sinks=[TrainingConsole()], stop=stop)
+    console = _ErrorsOnce(TrainingConsole())
+    with stop_on_ctrl_c(stop, console):
+        result = resume(Path(args.run_dir), checkpoint=args.checkpoint, sinks=[console], stop=stop)
     return _report(result)
 
 
