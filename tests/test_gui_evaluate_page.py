@@ -74,7 +74,7 @@ def test_evaluation_fills_tables_and_filters(qtbot, evaluate_page, finished_run,
     table = page.metrics_table
     assert table.verticalScrollBar().maximum() == 0
     assert table.height() >= sum(table.rowHeight(r) for r in range(table.rowCount()))
-    assert table.item(0, 3).text() == "lower ↓" and table.item(2, 3).text() == "higher ↑"
+    assert table.item(0, 3).text() == "↓" and table.item(2, 3).text() == "↑"
     assert "Range: 0 to 100" in page.metric_help["bleu"].text_shown
     # Score columns use the chosen metric's format; headers stay short so the text columns get the room.
     page.score_combo.setCurrentIndex(page.score_combo.findData("bleu"))

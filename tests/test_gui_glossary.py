@@ -78,7 +78,7 @@ def test_evaluate_metrics_have_direction_range_and_words(qtbot, isolated_home, t
     for row, (key, _label, lower_is_better) in enumerate(METRIC_ROWS):
         term = GLOSSARY[f"metric.{key}"]
         assert lower_is_better == (not term.higher_is_better)
-        assert page.metrics_table.item(row, 3).text() == ("lower ↓" if lower_is_better else "higher ↑")
+        assert page.metrics_table.item(row, 3).text() == ("↓" if lower_is_better else "↑")
         assert f"Range: {term.range}." in page.metric_help[key].text_shown
     assert all(has_entry(key) for key in _help_keys(page))
     # The metrics table shows every row without scrolling.

@@ -60,7 +60,7 @@ SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 class ComparisonModel(QAbstractTableModel):
     """Rows of core.evaluation.ComparisonRow; scores of one chosen metric (``score``)."""
 
-    HEADERS = ("#", "Question", "Reference", "Base answer", "Fine-tuned answer", "Base", "Tuned", "Change")
+    HEADERS = ("#", "Question", "Reference", "Base answer", "Tuned answer", "Base", "Tuned", "Change")
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -267,7 +267,7 @@ class EvaluatePage(QWidget):
         # Base | Fine-tuned | Change | which way is better | "?" (the metric in plain words, with its range).
         self.metrics_table = QTableWidget(len(METRIC_ROWS), 5)
         self.metrics_table.setObjectName("metricsTable")
-        self.metrics_table.setHorizontalHeaderLabels(["Base", "Fine-tuned", "Change", "Better", ""])
+        self.metrics_table.setHorizontalHeaderLabels(["Base", "Fine-tuned", "Change", "", ""])
         self.metrics_table.setVerticalHeaderLabels([label for _, label, _ in METRIC_ROWS])
         self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.metrics_table.setToolTip("Loss and perplexity: lower is better (measured on the whole split). "
@@ -276,9 +276,9 @@ class EvaluatePage(QWidget):
         self.metric_help: dict[str, HelpButton] = {}
         for row, (key, _label, lower_is_better) in enumerate(METRIC_ROWS):
             self.metrics_table.verticalHeaderItem(row).setToolTip(explain(f"metric.{key}"))
-            better = QTableWidgetItem("lower ↓" if lower_is_better else "higher ↑")
-            better.setForeground(QColor("#5b6776"))
-            better.setToolTip(explain(f"metric.{key}"))
+            better = QTableWidgetItem("↓" if lower_is_better else "↑")
+            better.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+            better.setToolTip("Lower is better" if lower_is_better else "Higher is better")
             self.metrics_table.setItem(row, 3, better)
             self.metric_help[key] = HelpButton(f"metric.{key}")
             holder = QWidget()
@@ -287,28 +287,33 @@ class EvaluatePage(QWidget):
             holder_layout.addWidget(self.metric_help[key])
             self.metrics_table.setCellWidget(row, 4, holder)
         header = self.metrics_table.horizontalHeader()
-        for column in range(3):
-            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Stretch)
-        for column in (3, 4):
+        # Every column as wide as its widest cell or header ("Fine-tuned" must never be cut); spare room
+        # goes to the numbers.
+        for column in range(5):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(False)
+        header.setMinimumSectionSize(24)
         self.metrics_table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         # Every metric visible without scrolling: the table is as tall as its rows.
         self.metrics_table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.metrics_table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self._fit_metrics_table()
         results_layout.addWidget(self.metrics_table)
-        report_row = QHBoxLayout()
+        legend = QLabel("↓ lower is better · ↑ higher is better · ? what it measures")
+        legend.setObjectName("Muted")
+        legend.setWordWrap(True)
+        results_layout.addWidget(legend)
         self.summary_label = QLabel("No evaluation yet.")
         self.summary_label.setWordWrap(True)
         self.summary_label.setTextFormat(Qt.TextFormat.PlainText)
         self.summary_label.setStyleSheet("color: palette(mid);")
-        report_row.addWidget(self.summary_label, 1)
         self.report_button = QPushButton("Open report")
         self.report_button.setToolTip("Open the HTML report (scores, curves, every answer) in your browser")
         self.report_button.setEnabled(False)
         self.report_button.clicked.connect(self.open_report)
-        report_row.addWidget(self.report_button)
-        results_layout.addLayout(report_row)
+        # Under Evaluate, where there is room: the Scores box stays short enough to show every metric.
+        buttons.addWidget(self.report_button)
+        form.addRow(self.summary_label)
         # The forgetting check (core.forgetting): general ability base vs fine-tuned, with its threshold.
         self.forgetting_label = QLabel("")
         self.forgetting_label.setObjectName("forgettingLabel")
@@ -581,6 +586,9 @@ class EvaluatePage(QWidget):
         height = table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth()
         height += sum(table.rowHeight(row) for row in range(table.rowCount()))
         table.setFixedHeight(height)
+        width = table.verticalHeader().sizeHint().width() + 2 * table.frameWidth()
+        width += sum(table.horizontalHeader().sectionSize(column) for column in range(table.columnCount()))
+        table.setMinimumWidth(width)
 
     def load_previous(self) -> bool:
         """Show the run's last evaluation (``evaluation/metrics.json`` + ``comparison.jsonl``) if there is one."""
