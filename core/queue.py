@@ -10,12 +10,13 @@ Variants of a sweep and trials of a search are queued runs too (with ``sweep_id`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 QUEUED = "queued"
 QUEUE_FILE = "queue.json"
+CLAIM_FILE = ".queue-claim"  # inside a run folder while a process trains it from the queue
 # States a queue runner picks up: waiting runs, and runs it was training when the process ended
 # (they continue from their checkpoint).
 _CONTINUABLE = ("stopped", "interrupted")
@@ -122,14 +124,85 @@ def is_active(workspace: str | os.PathLike) -> bool:
         return False
 
 
+def _alive(info: dict) -> bool:
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        import psutil
+
+        process = psutil.Process(pid)
+        started = info.get("started")
+        return not (isinstance(started, (int, float)) and abs(process.create_time() - started) > 2.0)
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    except Exception:  # psutil.NoSuchProcess / AccessDenied: the claim is stale
+        return False
+
+
+@contextlib.contextmanager
+def claimed(run_dir: str | os.PathLike) -> Iterator[bool]:
+    """Claim a waiting run for this process (True), or learn that a live process already trains it (False).
+
+    Two runners may look at the same queue (the Runs page's queue and a sweep, or two windows): the claim
+    file, created atomically, makes sure each run is trained by one of them. A claim left by a process that
+    died is taken over."""
+    path = Path(run_dir) / CLAIM_FILE
+    for _attempt in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                info = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                info = {}
+            if isinstance(info, dict) and _alive(info):
+                yield False
+                return
+            path.unlink(missing_ok=True)
+            continue
+        started = None
+        try:
+            import psutil
+
+            started = psutil.Process(os.getpid()).create_time()
+        except Exception:  # psutil missing: the pid alone identifies the claim
+            pass
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump({"pid": os.getpid(), "started": started}, out)
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    yield False
+
+
 def run_queued(run_dir: Path, *, sinks: Sequence[Any] = (), stop: StopToken | None = None) -> str:
     """Train one queued run (or continue a stopped/interrupted one from its checkpoint). Returns the state
-    it ended in: finished, stopped or failed (a failure is recorded in its status.json, not raised)."""
+    it ended in: finished, stopped or failed (a failure is recorded in its status.json, not raised), or
+    "elsewhere" when another live process is training it."""
+    run_dir = Path(run_dir)
+    with claimed(run_dir) as mine:
+        if not mine:
+            logger.info("%s is trained by another process: skipped", run_dir)
+            return "elsewhere"
+        return _train_queued(run_dir, sinks, stop)
+
+
+def _train_queued(run_dir: Path, sinks: Sequence[Any], stop: StopToken | None) -> str:
     from core import training
     from core.probes import load_probe_settings
 
-    run_dir = Path(run_dir)
     state = runs.read_status(run_dir).get("state")
+    if not (state == QUEUED or state in _CONTINUABLE):
+        return str(state)  # finished or failed meanwhile (another runner)
     try:
         if state in _CONTINUABLE and runs.latest_checkpoint(run_dir) is not None:
             result = training.resume(run_dir, sinks=sinks, stop=stop)
@@ -177,6 +250,10 @@ def run_queue(workspace: str | os.PathLike, *, stop: StopToken | None = None,
             if on_run is not None:
                 on_run(run_dir, "started")
             state = run_queued(run_dir, sinks=list(sinks_for(run_dir)) if sinks_for else (), stop=stop)
+            if state == "elsewhere":
+                # Another runner trains the head of the queue: wait for it rather than spin.
+                time.sleep(2.0)
+                continue
             done.append((run_dir, state))
             if on_run is not None:
                 on_run(run_dir, state)

@@ -196,13 +196,18 @@ def search(sweep: dict | str | os.PathLike, *, stop: StopToken | None = None,
         if on_trial is not None:
             on_trial(variant, "started")
         from core import training
+        from core.queue import claimed
 
         try:
-            if state in ("stopped", "interrupted") and runs.latest_checkpoint(run_dir) is not None:
-                result = training.resume(run_dir, sinks=sinks, stop=stop, extra_callbacks=callbacks)
-            else:
-                result = training.train(runs.load_run_config(run_dir), run_dir=run_dir, sinks=sinks, stop=stop,
-                                        extra_callbacks=callbacks)
+            with claimed(run_dir) as mine:
+                if not mine:  # the Runs page's queue trains it: the trial stays open, a later search() continues
+                    variant["outcome"] = "elsewhere"
+                    return
+                if state in ("stopped", "interrupted") and runs.latest_checkpoint(run_dir) is not None:
+                    result = training.resume(run_dir, sinks=sinks, stop=stop, extra_callbacks=callbacks)
+                else:
+                    result = training.train(runs.load_run_config(run_dir), run_dir=run_dir, sinks=sinks, stop=stop,
+                                            extra_callbacks=callbacks)
         except (TrainingError, StudioError) as exc:
             logger.warning("search %s: trial %d failed: %s", sweep["id"], trial.number, exc)
             runs.write_status(run_dir, queue_pending=False)

@@ -110,7 +110,7 @@ def parse_vary(text: str) -> Vary:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "", text.replace("e-", "e-"))
+    return re.sub(r"[^A-Za-z0-9.-]+", "", text)
 
 
 def variant_label(values: dict) -> str:

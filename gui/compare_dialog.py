@@ -286,7 +286,10 @@ class CompareDialog(QDialog):
                     index = next(i for i, v in enumerate(sweep["variants"], 1) if v["run_dir"] == variant["run_dir"])
                     progress((index - 1) / total, f"training variant {index} of {total}: {variant['label']}")
 
-            return run_sweep(path, stop=stop, on_variant=on_variant)
+            from gui.lr_find_dialog import quick_gil_handover
+
+            with quick_gil_handover():
+                return run_sweep(path, stop=stop, on_variant=on_variant)
 
         self.task = self.tasks.run(work, name="sweep")
         self.task.progress.connect(self._on_progress)

@@ -7,7 +7,9 @@ writes it into the settings (``training.learning_rate`` of the shared state).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
@@ -27,6 +29,20 @@ from gui.tasks import TaskGroup
 RAW_COLOR = (47, 111, 214, 90)
 SMOOTH_COLOR = "#2f6fd6"
 SUGGESTION_COLOR = "#d1495b"
+
+
+@contextlib.contextmanager
+def quick_gil_handover():
+    """While a worker trains: the short GIL switch interval the Train page uses (gui.workers), so the
+    event loop gets the GIL back quickly between torch calls and plots repaint without stalls."""
+    from gui.workers import TRAINING_SWITCH_INTERVAL
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, TRAINING_SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def round_rate(value: float) -> float:
@@ -161,7 +177,8 @@ class LRFindDialog(QDialog):
         self.progress_bar.setValue(0)
 
         def work(progress, stop):
-            return find_learning_rate(cfg, workspace=workspace, num_steps=steps, stop=stop, progress=progress)
+            with quick_gil_handover():
+                return find_learning_rate(cfg, workspace=workspace, num_steps=steps, stop=stop, progress=progress)
 
         self.task = self.tasks.run(work, name="lr-find")
         self.task.progress.connect(self._on_progress)

@@ -1,7 +1,8 @@
 """The run queue on the Runs page: the waiting runs in order (core.queue), Up / Down / Remove, and
 Run / Stop the queue. The queue is run folders in state ``queued``: it is read from the workspace (through
-the shared workspace model), so it survives a restart; a queue that was running when the app closed
-continues by itself when the panel is created again (``WORKSPACE/queue.json`` says it was active).
+the shared workspace model), so it survives a restart. An *active* queue (``WORKSPACE/queue.json``: it was
+running when the app closed, or a run was queued from the Train page) starts by itself as soon as no run of
+the workspace is training; "Stop the queue" makes it inactive until Run is pressed again.
 """
 
 from __future__ import annotations
@@ -88,14 +89,9 @@ class QueuePanel(QWidget):
         layout.addLayout(header)
         layout.addWidget(self.table, 1)
         layout.addLayout(buttons)
+        self._continue_active = continue_active
         state.runs_model.runsChanged.connect(self.refresh)
         self.refresh()
-        if continue_active:
-            from core import queue
-
-            if queue.is_active(self.state.workspace) and queue.queued_runs(self.state.workspace):
-                # After the app restarted: the queue was running when it closed. Continue once the window is up.
-                QTimer.singleShot(0, self.continue_after_restart)
 
     # -- listing -----------------------------------------------------------------------------------
     def waiting(self) -> list[dict]:
@@ -121,6 +117,19 @@ class QueuePanel(QWidget):
         # Out of the way while nothing waits: most workspaces never queue anything.
         self.setVisible(bool(runs) or self.tasks.is_busy)
         self._update_buttons()
+        if runs and self._continue_active and not self.tasks.is_busy:
+            self._maybe_continue()
+
+    def _maybe_continue(self) -> None:
+        """An active queue (left running when the app closed, or a run queued on the Train page) starts as
+        soon as no run of the workspace is training."""
+        from core import queue
+
+        if not queue.is_active(self.state.workspace):
+            return
+        if any(run.state == "running" for run in self.state.runs_model.runs):
+            return  # a run trains (the Train page's, or another process's): the queue waits for it
+        QTimer.singleShot(0, self.continue_after_restart)
 
     def selected_path(self) -> Path | None:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
@@ -172,8 +181,11 @@ class QueuePanel(QWidget):
         return self.tasks.is_busy
 
     def continue_after_restart(self) -> None:
-        if not self.tasks.is_busy:
-            self.status_label.setText("The queue was running when the app closed: continuing it.")
+        """Start the active queue (after a restart, or when the run it waited for ended)."""
+        from core import queue
+
+        if not self.tasks.is_busy and queue.queued_runs(self.state.workspace):
+            self.status_label.setText("Continuing the queue.")
             self.start()
 
     def start(self) -> None:
@@ -189,8 +201,11 @@ class QueuePanel(QWidget):
             def on_run(run_dir, event):
                 progress(None, f"training {run_dir.name}" if event == "started" else f"{run_dir.name}: {event}")
 
+            from gui.lr_find_dialog import quick_gil_handover
+
             # The window closing also stops the queue: it stays marked active, so the next start continues it.
-            return queue.run_queue(workspace, stop=stop, on_run=on_run, deactivate_on_stop=False)
+            with quick_gil_handover():
+                return queue.run_queue(workspace, stop=stop, on_run=on_run, deactivate_on_stop=False)
 
         self.task = self.tasks.run(work, name="queue")
         self.task.progress.connect(lambda payload: self.status_label.setText(str(payload[1])))

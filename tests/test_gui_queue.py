@@ -92,3 +92,22 @@ def test_a_running_queue_continues_after_the_app_restarts(qtbot, tiny_cfg, tmp_p
     assert page.queue_panel.isHidden()
     page.shutdown()
     state.stop_watching()
+
+
+def test_train_page_queues_a_run_that_trains_when_nothing_else_does(qtbot, tiny_cfg, tmp_path):
+    from gui.pages.runs_page import RunsPage
+    from gui.pages.train_page import TrainPage
+
+    tiny_cfg.name = "queued-from-train"
+    state = StudioState(tiny_cfg, workspace=tmp_path / "ws")
+    runs_page = RunsPage(state)
+    train_page = TrainPage(state, preload_delay_ms=None)
+    qtbot.addWidget(runs_page)
+    qtbot.addWidget(train_page)
+    with qtbot.waitSignal(runs_page.queue_panel.queueFinished, timeout=300_000) as finished:
+        run_dir = train_page.queue_settings()
+        assert run_dir is not None and read_status(run_dir)["state"] == "queued"
+    assert finished.args[0] == [(run_dir, "finished")]
+    runs_page.shutdown()
+    train_page.shutdown()
+    state.stop_watching()

@@ -457,12 +457,18 @@ class TrainPage(QWidget):
         self.resume_button = QPushButton("⟳  Resume")
         self.resume_button.setObjectName("resumeButton")
         self.resume_button.clicked.connect(self.resume)
+        self.queue_button = QPushButton("＋ Queue")
+        self.queue_button.setObjectName("queueButton")
+        self.queue_button.setToolTip("Add these settings to the run queue: they train after the current run "
+                                     "(the queue is on the Runs page and continues after a restart).")
+        self.queue_button.clicked.connect(self.queue_settings)
         self.state_chip = QLabel()
         self.state_chip.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.state_chip.setMinimumWidth(96)
         actions.addWidget(self.start_button)
         actions.addWidget(self.stop_button)
         actions.addWidget(self.resume_button)
+        actions.addWidget(self.queue_button)
         actions.addStretch(1)
         actions.addWidget(self.state_chip)
         column.addLayout(actions)
@@ -815,6 +821,31 @@ class TrainPage(QWidget):
                               probe_every=self.probe_editor.every(), processes=processes)
         return True
 
+    def queue_settings(self) -> Path | None:
+        """Queue a run with the current settings (core.queue) behind the current one; its folder, or None
+        (and the reason shown) when the settings cannot run."""
+        from core import queue
+
+        if self.problems():
+            self.revalidate()
+            return None
+        unusable = self.data_problem()
+        if unusable:
+            self.show_error(unusable, data_action=True)
+            return None
+        if not confirm_consents(self, self.state.config.model):
+            self.show_error(f"Not queued: {self.state.config.model.name_or_path} needs a permission you did not give.")
+            return None
+        run_dir = queue.enqueue(self.state.config, self.state.workspace, probes=self.probe_editor.prompts() or None,
+                                probe_every=self.probe_editor.every())
+        # An active queue runs as soon as no run trains (the Runs page's queue panel starts it).
+        queue.set_active(self.state.workspace, True)
+        waiting = len(queue.queued_runs(self.state.workspace))
+        self._log(f"Queued {run_dir.name} ({waiting} waiting): it trains "
+                  + ("after the current run." if self.controller.is_busy else "as soon as the queue starts it."))
+        self.state.show_message(f"Queued {run_dir.name}; the queue is on the Runs page")
+        return run_dir
+
     @Slot()
     def stop(self) -> bool:
         """Ask the run to stop at the end of the current step (it then saves a checkpoint)."""
@@ -1006,6 +1037,7 @@ class TrainPage(QWidget):
         self.start_button.setEnabled(not busy and not getattr(self, "_blocked", False))
         self.stop_button.setEnabled(busy and self.run_state != "stopping")
         self.resume_button.setEnabled(not busy and self.resumable_run is not None)
+        self.queue_button.setEnabled(not getattr(self, "_blocked", False))
         if self.resumable_run is not None:
             self.resume_button.setToolTip(f"Continue {self.resumable_run.name} from its latest checkpoint.")
         else:
