@@ -276,13 +276,12 @@ class Coach:
             return new
         first, last = history.eval_losses[0], history.eval_losses[-1]
         first_step, last_step = history.eval_steps[0], history.eval_steps[-1]
-        noted = [advice.title.lower() for advice in self.fired.values()]
         self._fire(new, Advice(
             rule="all_is_well",
             title="All is well",
             sentence=(f"The held-out loss fell from {fmt(first)} at step {first_step} to {fmt(last)} at step "
-                      f"{last_step} ({improved:+.0%}) and the training curve showed no warning sign"
-                      + (f" (only: {'; '.join(noted)})" if noted else "") + "; the model learned from the data."),
+                      f"{last_step} ({improved:+.0%}) and nothing in the curves calls for a change: the model "
+                      f"learned from the data."),
             evidence={"first_eval_step": first_step, "first_eval_loss": first, "last_eval_step": last_step,
                       "last_eval_loss": last, "relative_change": improved},
             suggestion={},
@@ -699,10 +698,10 @@ class CoachSink:
     def finish(self) -> None:
         """The run finished: announce the closing note (``Coach.finish``)."""
         self._announce(self.coach.finish())
+
     def diverged(self, step: int, what: str) -> None:
         """The run was stopped as diverged: announce the coach's advice (``Coach.diverged``) if none fired."""
         self._announce(self.coach.diverged(step, what))
-
 
     def _announce(self, advice: list[Advice]) -> None:
         from core.metrics import emit_advice
