@@ -354,8 +354,14 @@ class TrainPage(QWidget):
         self.compare_button.setToolTip("Train a few variants of one or two settings one after another, watch "
                                        "their curves race and keep the winner.")
         self.compare_button.clicked.connect(self.open_compare)
+        self.queue_button = QPushButton("＋ Queue")
+        self.queue_button.setObjectName("queueButton")
+        self.queue_button.setToolTip("Add these settings to the run queue: they train after the current run "
+                                     "(the queue is on the Runs page and continues after a restart).")
+        self.queue_button.clicked.connect(self.queue_settings)
         explore_row.addWidget(self.lr_find_button)
         explore_row.addWidget(self.compare_button)
+        explore_row.addWidget(self.queue_button)
         explore_row.addStretch(1)
         column.addLayout(explore_row)
 
@@ -457,18 +463,12 @@ class TrainPage(QWidget):
         self.resume_button = QPushButton("⟳  Resume")
         self.resume_button.setObjectName("resumeButton")
         self.resume_button.clicked.connect(self.resume)
-        self.queue_button = QPushButton("＋ Queue")
-        self.queue_button.setObjectName("queueButton")
-        self.queue_button.setToolTip("Add these settings to the run queue: they train after the current run "
-                                     "(the queue is on the Runs page and continues after a restart).")
-        self.queue_button.clicked.connect(self.queue_settings)
         self.state_chip = QLabel()
         self.state_chip.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.state_chip.setMinimumWidth(96)
         actions.addWidget(self.start_button)
         actions.addWidget(self.stop_button)
         actions.addWidget(self.resume_button)
-        actions.addWidget(self.queue_button)
         actions.addStretch(1)
         actions.addWidget(self.state_chip)
         column.addLayout(actions)
