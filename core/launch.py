@@ -112,6 +112,23 @@ def launch_distributed(cfg: str | os.PathLike | RunConfig, *, processes: int, ac
         workspace = default_workspace()
     name = run_cfg.name or f"{run_cfg.method.method}-x{processes}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = runs.create_run_dir(Path(workspace), name)
+    from core.locks import RunLock
+
+    # The launcher holds the run folder; its ranks inherit the right to it (core.locks).
+    lock = RunLock(run_dir, f"launch {run_dir.name}").acquire()
+    try:
+        return _launch_locked(run_cfg, run_dir, lock, processes=processes, accelerate_config=accelerate_config,
+                              stop=stop, on_line=on_line, launcher=launcher, grace_seconds=grace_seconds,
+                              term_seconds=term_seconds)
+    finally:
+        lock.release()
+
+
+def _launch_locked(run_cfg: RunConfig, run_dir: Path, lock, *, processes: int, accelerate_config: str | None,
+                   stop: StopToken | None, on_line: Callable[[str], None] | None, launcher: str,
+                   grace_seconds: float, term_seconds: float) -> LaunchResult:
+    from core import runs
+
     run_cfg.name = run_dir.name
     config_path = run_dir / runs.CONFIG_FILE
     run_cfg.save(config_path)
@@ -120,12 +137,15 @@ def launch_distributed(cfg: str | os.PathLike | RunConfig, *, processes: int, ac
         device_kind = "cuda" if _has_cuda() else "cpu"
     command = launch_command(config_path, run_dir, processes=processes, accelerate_config=accelerate_config,
                              launcher=launcher, device_kind=device_kind)
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **lock.child_environment())
+    # The ranks watch this process: if it is killed, they stop at the next step, save a checkpoint and leave
+    # the run "interrupted" (their output pipe is gone too: writing to it must not fail the run).
+    env[PARENT_ENV] = f"{os.getpid()}:{_start_time(os.getpid()) or ''}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if device_kind == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1, start_new_session=True)
+                               text=True, bufsize=1, start_new_session=True, pass_fds=lock.inheritable_fds())
     pgid = process.pid  # start_new_session: the launcher leads a new process group holding every rank
     tail: deque[str] = deque(maxlen=400)
 
@@ -207,8 +227,68 @@ def _crash_message(lines: list[str], returncode: int, status: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------- worker
+PARENT_ENV = "FINETUNE_STUDIO_LAUNCH_PARENT"  # "pid:start time" of the process that called launch_distributed
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # psutil missing or the process gone: the pid alone is checked
+        return None
+
+
 def _rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+
+
+class _TolerantStream:
+    """A stream whose writes never fail: once the reader of the pipe is gone (the launching command was
+    killed), output is dropped instead of failing the run with BrokenPipeError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except (BrokenPipeError, OSError, ValueError):
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self.broken = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _watch_parent(stop: StopToken, gone: threading.Event, interval: float = 0.5) -> None:
+    """Request a stop once the launching process (PARENT_ENV) has ended."""
+    from core.runs import _pid_alive
+
+    value = os.environ.get(PARENT_ENV, "")
+    pid_text, _, started_text = value.partition(":")
+    if not pid_text.isdigit():
+        return
+    pid, started = int(pid_text), (float(started_text) if started_text else None)
+
+    def watch() -> None:
+        while not gone.is_set():
+            if not _pid_alive(pid, started):
+                gone.set()
+                stop.request("the launching command ended")
+                return
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="launch-parent-watch", daemon=True).start()
 
 
 def worker(config_path: str, run_dir: str) -> int:
@@ -226,11 +306,23 @@ def worker(config_path: str, run_dir: str) -> int:
         stop.request("stopped with Ctrl+C")
 
     signal.signal(signal.SIGINT, on_sigint)
+    sys.stdout = _TolerantStream(sys.stdout)
+    sys.stderr = _TolerantStream(sys.stderr)
+    parent_gone = threading.Event()
+    _watch_parent(stop, parent_gone)
     # Every rank trains in the same run folder: core.training lets only rank 0 write the run's files
     # (status, metrics, config, final/), while each rank's own RNG state lands in the shared checkpoints,
     # which is what makes a multi-process run resumable.
     sinks = [ConsoleSink(stream=sys.stdout)] if rank == 0 else []
     result = train(cfg, run_dir=run_dir, sinks=sinks, stop=stop)
+    if parent_gone.is_set() and result.state == "stopped" and rank == 0:
+        from core import runs
+
+        last = runs.latest_checkpoint(run_dir)
+        message = ("the launching command ended (killed?), so training stopped at step "
+                   f"{result.global_step}" + (f"; `python main.py resume {run_dir}` continues from {last.name}"
+                                              if last else "; no checkpoint was saved"))
+        runs.write_status(run_dir, state="interrupted", message=message, ended=time.time())
     print(f"[rank {rank}] {result.state}: {result.message}", flush=True)
     return 0 if result.state in ("finished", "stopped") else 1
 

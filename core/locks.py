@@ -103,9 +103,11 @@ class RunLock:
                 "since": time.time(), "host": socket.gethostname(), "argv": sys.argv[:6]}
 
     def _refuse(self, holder: dict) -> RunLockedError:
+        orphans = (" (that process has ended; processes it started still run)"
+                   if holder and fcntl is not None and not holder_alive(holder) else "")
         return RunLockedError(
-            f"{self.run_dir}: in use by {describe_holder(holder)}; wait for it to end (or stop it) and try again. "
-            f"Only one command at a time may train, resume or export a run.", holder)
+            f"{self.run_dir}: in use by {describe_holder(holder)}{orphans}; wait for it to end (or stop it) and "
+            f"try again. Only one command at a time may train, resume or export a run.", holder)
 
     def acquire(self) -> RunLock:
         if _inherited(self.run_dir):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -384,3 +385,220 @@ def test_lock_file_fallback_detects_stale_holders(tmp_path, monkeypatch):
         assert locks.read_holder(run)["command"] == "resume run"
         taken.release()
     assert not (run / locks.LOCK_FILE).exists()
+
+
+# --------------------------------------------------------------------------------------------- 5. run files
+def _stopped_run(cfg, tmp_path, name="damaged") -> Path:
+    """A LoRA run stopped at step 3: complete checkpoints 2 and 3."""
+    from core.training import train
+
+    stop, callback = _stop_at(2)
+    cfg.name = name
+    run = train(cfg, workspace=tmp_path / "ws", stop=stop, extra_callbacks=[callback]).run_dir
+    assert [step for step, _ in list_checkpoints(run)] == [2, 3]
+    return run
+
+
+def test_damaged_config_is_an_error_naming_the_last_good_copy(cfg, tmp_path, capsys):
+    from core.cli import main
+    from core.runs import RunFileError, load_run_config
+
+    run = _stopped_run(cfg, tmp_path)
+    config = run / "config.yaml"
+    good = config.read_text(encoding="utf-8")
+    copy = run / "checkpoints" / "checkpoint-3" / "run_config.yaml"
+    assert copy.read_text(encoding="utf-8") == good
+    for damaged in (good[: int(len(good) * 0.4)], "", "training: [cut", good.rstrip("\n")[:-1]):
+        config.write_text(damaged, encoding="utf-8")
+        with pytest.raises(RunFileError) as info:
+            load_run_config(run)
+        assert str(config) in str(info.value) and f"cp {copy} {config}" in str(info.value)
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {config}: damaged") and "Traceback" not in "".join(err)
+    assert read_status(run)["state"] == "stopped"  # nothing ran
+    config.write_text(good.replace("max_eval_examples: 0", "max_eval_examples: 5"), encoding="utf-8")
+    assert load_run_config(run).training.max_eval_examples == 5  # an edited, complete file is accepted
+
+
+def test_wrong_typed_status_marks_that_run_unknown_and_runs_lists_the_rest(tmp_path, capsys):
+    from core.cli import main
+    from core.runs import create_run_dir, list_runs, write_status
+
+    good = create_run_dir(tmp_path, "good")
+    RunConfig(name="good").save(good / "config.yaml")
+    write_status(good, state="finished", global_step=4, total_steps=4)
+    bad = create_run_dir(tmp_path, "bad")
+    RunConfig(name="bad").save(bad / "config.yaml")
+    (bad / "status.json").write_text(json.dumps({"state": "running", "pid": "lots", "global_step": "lots",
+                                                 "train_seconds": [1]}), encoding="utf-8")
+    status = read_status(bad)
+    assert status["state"] == "unknown" and "field 'pid' should be a whole number, not 'lots'" in status["message"]
+    assert "pid" not in status and "global_step" not in status and "train_seconds" not in status
+    assert {r.path.name: r.state for r in list_runs(tmp_path)} == {"good": "finished", "bad": "unknown"}
+    assert main(["runs", "--workspace", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "bad" in table and "unknown" in table and "good" in table
+
+
+# --------------------------------------------------------------------------------------------- 7. damaged checkpoints
+@pytest.mark.parametrize("damaged", ["adapter_model.safetensors", "optimizer.pt", "trainer_state.json"])
+def test_damaged_checkpoint_file_is_one_line_naming_it_and_the_previous_checkpoint(cfg, tmp_path, capsys,
+                                                                                    damaged):
+    from core.cli import main
+
+    run = _stopped_run(cfg, tmp_path)
+    path = run / "checkpoints" / "checkpoint-3" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: damaged"), err
+    assert f"python main.py resume {run} --checkpoint 2" in err[0]
+    if damaged == "adapter_model.safetensors":
+        assert main(["generate", str(run), "--checkpoint", "3", "--prompt", "hi", "--max-new-tokens", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {path}: damaged"), err
+        assert f"python main.py generate {run} --checkpoint 2" in err[0]
+    assert main(["resume", str(run), "--checkpoint", "2"]) == 0  # the suggestion works
+
+
+def test_damaged_full_weights_are_named(tiny_model_dir, tmp_path):
+    from core.checkpoints import CheckpointError, check_checkpoint
+
+    folder = tmp_path / "checkpoint-7"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=rf"{weights}: damaged \(Error while deserializing header"):
+        check_checkpoint(folder, for_resume=False)
+
+
+# --------------------------------------------------------------------------------------------- 6. divergence
+def test_nan_in_the_untouched_model_blames_weights_or_precision(cfg, tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core.training import train
+
+    broken = tmp_path / "broken-model"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.gpt_neox.final_layer_norm.weight.fill_(float("nan"))
+    model.save_pretrained(broken)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_model_dir / name).is_file():
+            shutil.copy(tiny_model_dir / name, broken / name)
+    cfg.model.name_or_path = str(broken)
+    with pytest.raises(TrainingError) as info:
+        train(cfg, workspace=tmp_path / "ws")
+    message = str(info.value)
+    assert "untouched model's held-out loss is already nan at step 0" in message and "fp32" in message
+    assert "learning rate is not the cause" in message and "lower the learning rate" not in message.lower()
+    run = next((tmp_path / "ws").iterdir())
+    assert read_status(run)["state"] == "failed" and not list_checkpoints(run)
+
+
+# --------------------------------------------------------------------------------------------- 8. smaller ones
+def test_killed_during_the_final_save_resumes_without_an_extra_step(cfg, tmp_path):
+    from core.training import resume, train
+
+    run = train(cfg, workspace=tmp_path / "ws").run_dir
+    shutil.rmtree(run / "final")
+    (run / "final.partial").mkdir()
+    (run / "final.partial" / ".tmpabc").write_bytes(b"cut")
+    _mark_dead(run)
+    assert read_status(run)["state"] == "interrupted"
+    result = resume(run)
+    assert result.state == "finished" and result.global_step == 6
+    assert max(_losses(run, "train")) == 6 and (run / "final" / "adapter_model.safetensors").is_file()
+    assert not (run / "final.partial").exists()
+
+
+def test_ctrl_c_notice_fits_the_phase_and_piped_progress_is_a_few_lines():
+    import io
+
+    from core.cancel import StopToken
+    from core.commands.progress import TrainingConsole
+    from core.commands.train import _ErrorsOnce, stop_on_ctrl_c
+    from core.metrics import StatusEvent
+
+    stream = io.StringIO()
+    console = _ErrorsOnce(TrainingConsole(stream=stream))
+    notices = []
+    import core.commands.train as train_command
+
+    original = train_command._stop_on_ctrl_c
+    try:
+        train_command._stop_on_ctrl_c = lambda stop, notice: notices.append(notice) or original(stop, notice)
+        with stop_on_ctrl_c(StopToken(), console):
+            pass
+    finally:
+        train_command._stop_on_ctrl_c = original
+    notice = notices[0]
+    for i in range(1563):  # 100k rows in batches: one progress event per batch
+        console.on_status(StatusEvent("running", f"tokenizing: {i}/1563 batches", fraction=i / 1562,
+                                      phase="tokenizing"))
+    assert "nothing is trained yet" in notice() and "saving a checkpoint" not in notice()
+    lines = [line for line in stream.getvalue().splitlines() if "tokenizing" in line]
+    assert 1 <= len(lines) <= 11, len(lines)
+    console.on_status(StatusEvent("running", "training 10 steps", step=0, phase="training"))
+    assert "saving a checkpoint" in notice()
+
+
+@pytest.mark.slow
+def test_killing_the_parent_of_launch_leaves_the_run_interrupted_and_resumable(tiny_model_dir, qa_file, tmp_path,
+                                                                               isolated_home):
+    """SIGKILL of the process running launch_distributed: its ranks (whose output pipe is gone) stop at the
+    next step, save a checkpoint and leave the run 'interrupted', not 'failed: BrokenPipeError'; while
+    they run the folder stays locked; afterwards the run resumes."""
+    import time
+
+    from core.launch import PARENT_ENV
+    from core.locks import RunLock, RunLockedError
+    from core.training import resume
+
+    cfg = _config(tiny_model_dir, qa_file)
+    cfg.training.max_steps, cfg.training.save_steps, cfg.training.eval_steps = 100_000, 100_000, 100_000
+    cfg.name = "launched"
+    config = tmp_path / "run.yaml"
+    cfg.save(config)
+    script = ("import sys; from core.launch import launch_distributed; "
+              "launch_distributed(sys.argv[1], processes=2, workspace=sys.argv[2], "
+              "on_line=lambda line: print(line, flush=True))")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(config), str(tmp_path / "ws")], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = tmp_path / "ws" / "launched"
+    try:
+        for line in parent.stdout:  # wait for a training step (an event, not a timer)
+            if "/100000" in line:
+                break
+        else:
+            pytest.fail("the launched run never trained")
+        parent.kill()
+        parent.wait(timeout=60)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        parent.stdout.close()
+    assert PARENT_ENV  # the ranks watch the parent named there
+    deadline = time.monotonic() + 300  # a guard against hanging, not a speed assertion
+    while read_status(run).get("state") == "running":
+        assert time.monotonic() < deadline, "the ranks never noticed their parent was gone"
+        time.sleep(0.5)
+    status = read_status(run)
+    assert status["state"] == "interrupted", status
+    assert "launching command ended" in status["message"] and "BrokenPipe" not in status["message"]
+    assert latest_checkpoint(run) is not None
+    while True:  # held by the launcher's processes until they have all ended, then free
+        try:
+            with RunLock(run, "check"):
+                break
+        except RunLockedError:
+            assert time.monotonic() < deadline, "the run stayed locked"
+            time.sleep(0.5)
+    interrupted_at = status["global_step"]
+    stop, callback = _stop_at(interrupted_at + 1)
+    resumed = resume(run, stop=stop, extra_callbacks=[callback])
+    assert resumed.state == "stopped" and resumed.global_step == interrupted_at + 2

@@ -91,7 +91,7 @@ def run_generate(args) -> int:
     from core.generation import ModelSession, stop_reason
 
     _record_consent(args, args.source, args.checkpoint)
-    session = ModelSession(args.source, checkpoint=args.checkpoint, device=args.device)
+    session = open_checked_session(ModelSession, args.source, args.checkpoint, args.device)
     base = session.run_config.generation if session.run_config else GenerationConfig()
     gen = GenerationConfig(**vars(base))
     if args.max_new_tokens is not None:
@@ -167,9 +167,46 @@ def run_evaluate(args) -> int:
     return 0
 
 
+def open_checked_session(session_class, source, checkpoint, device):
+    """A ModelSession on ``source`` whose weight files were checked first: a damaged one (cut short by a kill
+    or a full disk) is one line naming the file and the previous complete checkpoint, never a traceback."""
+    from core.checkpoints import CheckpointError, check_checkpoint, damaged_hint
+    from core.errors import StudioError
+    from core.generation import resolve_source
+
+    resolved = resolve_source(source, checkpoint)
+    command = "python main.py generate"
+    if resolved.weights_dir is not None:
+        check_checkpoint(resolved.weights_dir, for_resume=False, run_dir=resolved.run_dir, command=command)
+    try:
+        return session_class(source, checkpoint=checkpoint, device=device)
+    except StudioError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damage the header check cannot see (inside the data)
+        if resolved.weights_dir is None:
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{resolved.weights_dir}: cannot be loaded ({reason}). "
+                              + damaged_hint(resolved.run_dir, resolved.weights_dir, command),
+                              resolved.weights_dir) from exc
+
+
 def run_export(args) -> int:
-    with ProgressBar("exporting") as progress:
-        return _export(args, progress)
+    from pathlib import Path
+
+    from core.locks import RunLock
+    from core.runs import is_run_dir
+
+    # One process per run folder: an export does not read checkpoints a training is rotating away.
+    lock = RunLock(args.run_dir, f"export {Path(args.run_dir).name}") if is_run_dir(args.run_dir) else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        with ProgressBar("exporting") as progress:
+            return _export(args, progress)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _export(args, progress) -> int:
