@@ -102,14 +102,12 @@ GLOSSARY: dict[str, Term] = {
     "memory.measured peak": Term(
         "measured peak",
         "The highest memory use seen while a few real training steps ran (replaces the formula)."),
-    "estimate.seconds_per_step": Term(
-        "seconds per step",
-        "How long one training step (one update of the model) takes on this device, from a formula or, "
-        "after Measure, from real steps. Total time = steps x this."),
-    "estimate.precision": Term(
-        "precision",
-        "The number format training computes in: fp32 (32-bit, exact, the CPU default), bf16 or fp16 (16-bit: "
-        "half the activation memory and faster on GPUs that support them)."),
+    "estimate.time": Term(
+        "Time",
+        "How long one training step (one update of the model) takes on this device, from a formula or, after "
+        "Measure, from real steps; total time = steps x this. In brackets, the number format training computes "
+        "in: fp32 (32-bit, exact, the CPU default) or bf16/fp16 (16-bit: half the activation memory, faster on "
+        "GPUs that support them)."),
     # -- evaluation metrics (Evaluate page, `evaluate`) -----------------------------------------------
     "metric.loss": Term(
         "Loss",

@@ -90,10 +90,8 @@ class EstimatePanel(QGroupBox):
         time_row = QHBoxLayout()
         time_row.addWidget(self.time_label, 1)
         # What "s per step" and "fp32/bf16" mean, in the words `core.glossary` gives the CLI too.
-        self.time_help = HelpButton("estimate.seconds_per_step")
-        self.precision_help = HelpButton("estimate.precision")
+        self.time_help = HelpButton("estimate.time")
         time_row.addWidget(self.time_help, 0, Qt.AlignmentFlag.AlignTop)
-        time_row.addWidget(self.precision_help, 0, Qt.AlignmentFlag.AlignTop)
         layout.addLayout(time_row)
         layout.addWidget(self.note_label)
         layout.addWidget(self.fixes_box)
