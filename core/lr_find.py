@@ -329,7 +329,14 @@ def range_test(model: Any, tokenizer: Any, train_dataset: Any, cfg: RunConfig, *
                 learning_rate=start_lr, max_steps=num_steps, warmup_steps=0, lr_scheduler_type="constant",
                 logging_steps=1, logging_first_step=True, logging_nan_inf_filter=False, save_strategy="no",
                 eval_strategy="no", eval_on_start=False, load_best_model_at_end=False, report_to="none",
-                disable_tqdm=True, train_sampling_strategy="random", run_name="lr-find")
+                disable_tqdm=True, run_name="lr-find")
+            if cfg.training.group_by_length and "length" not in train_dataset.column_names:
+                # Batches of similar length, as the run will have them (and as fast): precomputed lengths
+                # spare the sampler a pass over the data.
+                import pyarrow.compute as pc
+
+                lengths = pc.list_value_length(train_dataset.data.column("input_ids")).to_pylist()
+                train_dataset = train_dataset.add_column("length", lengths)
             trainer = RangeTrainer(model=model, args=args, train_dataset=train_dataset,
                                    data_collator=PadToLongestCollator(tokenizer.pad_token_id),
                                    processing_class=tokenizer, callbacks=[RangeCallback()])
