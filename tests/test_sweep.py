@@ -168,3 +168,18 @@ def test_queue_survives_a_restart(cfg, tmp_path):
     assert [(path, state) for path, state in done] == [(first, "finished"), (second, "finished")]
     assert read_status(first)["global_step"] == 6 and read_status(second)["global_step"] == 6
     assert queue.queued_runs(workspace) == [] and not queue.is_active(workspace)
+
+
+def test_a_queued_run_is_claimed_by_one_runner_only(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with queue.claimed(run_dir) as first:
+        assert first
+        with queue.claimed(run_dir) as second:
+            assert not second  # this (live) process holds it
+    assert not (run_dir / queue.CLAIM_FILE).exists()
+    # a claim left by a process that died is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run_dir / queue.CLAIM_FILE).write_text(json.dumps({"pid": int(dead.stdout), "started": None}))
+    with queue.claimed(run_dir) as taken:
+        assert taken
