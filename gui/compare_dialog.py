@@ -358,6 +358,15 @@ class CompareDialog(QDialog):
 
     def show_sweep(self, sweep: dict) -> None:
         self.sweep = sweep
+        # the rows say what this sweep varies (a search's ranges are not shown there)
+        varies = [vary for vary in sweep.get("varies", []) if vary.get("values")]
+        for row in range(len(self.field_combos)):
+            if row < len(varies) and self.field_combos[row].findData(varies[row]["field"]) >= 0:
+                self.set_variation(row, varies[row]["field"], ", ".join(format_value(v) for v in varies[row]["values"]))
+            elif row > 0:
+                self.field_combos[row].setCurrentIndex(0)
+        if sweep.get("max_steps"):
+            self.steps_spin.setValue(int(sweep["max_steps"]))
         self._tails.clear()
         for curves in self._curves.values():
             self.plot.removeItem(curves["train"])

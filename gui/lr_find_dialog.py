@@ -106,6 +106,7 @@ class LRFindDialog(QDialog):
         pg.setConfigOptions(antialias=True, background="w", foreground="#444")
         self.plot = pg.PlotWidget()
         self.plot.setLogMode(x=True, y=False)
+        self.plot.getAxis("bottom").enableAutoSIPrefix(False)  # rates as written (1e-3), never "x0.001"
         self.plot.setLabel("bottom", "learning rate (log scale)")
         self.plot.setLabel("left", "training loss")
         self.plot.setMouseEnabled(x=True, y=True)
@@ -225,12 +226,27 @@ class LRFindDialog(QDialog):
         pairs = [(p.learning_rate, s) for p, s in zip(points, result.smoothed, strict=False) if math.isfinite(s)]
         self.smooth_curve.setData([lr for lr, _ in pairs], [s for _, s in pairs])
         self._show_suggestion(result)
+        self._frame(result)
         self.progress_bar.setValue(1000)
         ended = {"diverged": "the loss blew up", "completed": "every step ran", "time budget": "time ran out",
                  "stopped": "stopped"}.get(result.ended_because, result.ended_because)
         self.status_label.setText(f"{len(points)} steps in {result.seconds:.0f} s; ended because {ended}. "
                                   "The model's weights were put back.")
         self.finderFinished.emit(result)
+
+    def _frame(self, result: LRFindResult) -> None:
+        """Show the useful part: up to a bit above the loss before it fell, not the whole blow-up (which can
+        be 10x higher and would flatten the rest; zoom out with the mouse to see it)."""
+        smooth = [value for value in result.smoothed if math.isfinite(value)]
+        raw = [p.loss for p in result.points if math.isfinite(p.loss)]
+        if not smooth or not raw:
+            return
+        lowest = min(range(len(result.smoothed)), key=lambda i: result.smoothed[i]
+                     if math.isfinite(result.smoothed[i]) else math.inf)
+        before = [value for value in result.smoothed[: lowest + 1] if math.isfinite(value)] or smooth
+        top = max(before) * 1.3
+        bottom = min(min(raw), min(smooth))
+        self.plot.setYRange(max(0.0, bottom - 0.1 * (top - bottom)), top, padding=0)
 
     def _show_suggestion(self, result: LRFindResult | None) -> None:
         if result is None or result.suggestion is None:
