@@ -207,8 +207,11 @@ def list_sweeps(workspace: str | os.PathLike) -> list[dict]:
 
 
 def create_sweep(base: RunConfig, varies: Sequence[Vary], workspace: str | os.PathLike, *,
-                 max_steps: int | None = None, kind: str = "grid") -> dict:
-    """Plan the variants, write sweep.json and one queued run folder per variant; returns the record."""
+                 max_steps: int | None = None, kind: str = "grid", probes: Sequence[str] | None = None,
+                 probe_every: int | None = None) -> dict:
+    """Plan the variants, write sweep.json and one queued run folder per variant; returns the record.
+    ``probes``: prompts every variant answers while it trains (the leaderboard shows the answers side by
+    side)."""
     from core.queue import enqueue
 
     base = base.copy()
@@ -234,7 +237,8 @@ def create_sweep(base: RunConfig, varies: Sequence[Vary], workspace: str | os.Pa
     for values, cfg in zip(combos, configs, strict=True):
         label = variant_label(values)
         cfg.name = f"{sweep_id}-{_slug(label.replace(', ', '-').replace(' ', ''))}"
-        run_dir = enqueue(cfg, workspace, sweep_id=sweep_id, sweep_variant=label)
+        run_dir = enqueue(cfg, workspace, probes=probes, probe_every=probe_every, sweep_id=sweep_id,
+                          sweep_variant=label)
         sweep["variants"].append({"label": label, "values": values, "run_dir": str(run_dir)})
     write_sweep(sweep)
     logger.info("sweep %s: %d variants of %s", sweep_id, len(combos), ", ".join(v.field for v in varies))

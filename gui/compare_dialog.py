@@ -88,9 +88,11 @@ class CompareDialog(QDialog):
     sweepFinished = Signal(object)
     winnerChosen = Signal(object)
 
-    def __init__(self, state, parent=None):
+    def __init__(self, state, parent=None, *, probes=(), probe_every: int | None = None):
         super().__init__(parent)
         self.state = state
+        self.probes = [prompt for prompt in probes if prompt.strip()]  # the Train page's probe prompts
+        self.probe_every = probe_every
         self.setWindowTitle("Compare settings")
         self.resize(1180, 760)
         self.tasks = TaskGroup(self)
@@ -181,23 +183,24 @@ class CompareDialog(QDialog):
         self.probe_table.setVisible(False)
         self.probe_table.setWordWrap(True)
         self.probe_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.probe_table.verticalHeader().setVisible(False)
         board_box = QWidget()
         board_layout = QVBoxLayout(board_box)
         board_layout.setContentsMargins(0, 0, 0, 0)
         board_title = QLabel("Leaderboard: lowest held-out loss first")
         board_title.setStyleSheet("font-weight: 600;")
         board_layout.addWidget(board_title)
-        board_layout.addWidget(self.table, 1)
+        board_layout.addWidget(self.table, 3)
         self.probe_title = QLabel("Probe answers, side by side (latest answer of each variant)")
         self.probe_title.setStyleSheet("font-weight: 600;")
         self.probe_title.setVisible(False)
         board_layout.addWidget(self.probe_title)
-        board_layout.addWidget(self.probe_table, 1)
+        board_layout.addWidget(self.probe_table, 2)
 
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(plot_box)
         splitter.addWidget(board_box)
-        splitter.setSizes([380, 300])
+        splitter.setSizes([360, 340])
         splitter.setChildrenCollapsible(False)
 
         self.winner_button = QPushButton("Train the winner properly")
@@ -265,7 +268,8 @@ class CompareDialog(QDialog):
         if self.sweep is None or self.sweep.get("state") == "finished":
             try:
                 sweep = create_sweep(self.state.config, self.varies(), self.state.workspace,
-                                     max_steps=int(self.steps_spin.value()))
+                                     max_steps=int(self.steps_spin.value()), probes=self.probes or None,
+                                     probe_every=self.probe_every if self.probes else None)
             except StudioError as exc:
                 self.status_label.setText(f"Cannot start: {exc}")
                 return False

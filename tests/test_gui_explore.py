@@ -64,6 +64,8 @@ def test_compare_dialog_races_three_rates_and_trains_the_winner(qtbot, tiny_stat
 
     page = TrainPage(tiny_state, preload_delay_ms=None)
     qtbot.addWidget(page)
+    page.probe_editor.enabled_box.setChecked(True)
+    assert page.probe_editor.add_prompt("What is 2 plus 2?")
     dialog = page.open_compare()
     dialog.set_variation(0, "training.learning_rate", "1e-4, 1e-3, 1e-2")
     dialog.steps_spin.setValue(4)
@@ -86,9 +88,13 @@ def test_compare_dialog_races_three_rates_and_trains_the_winner(qtbot, tiny_stat
               if dialog.legend_row.itemAt(i).widget() is not None]
     assert legend == ["■ lr 1e-4", "■ lr 1e-3", "■ lr 1e-2"]
     assert dialog.table.item(0, 0).text() == "1"
+    # the Train page's probe, answered by each variant, side by side (plain text)
+    assert dialog.probe_table.isVisibleTo(dialog) and dialog.probe_table.columnCount() == 4
+    assert dialog.probe_table.item(0, 0).text() == "What is 2 plus 2?"
     dialog.grab().save(str(tmp_path / "compare.png"))
     winner = sweep["leaderboard"][0]
-    assert dialog.winner_button.isEnabled()
+    qtbot.waitUntil(lambda: not dialog.is_busy, timeout=30_000)  # the worker's thread has ended
+    assert dialog.winner_button.isEnabled() and dialog.start_button.isEnabled()
     with qtbot.waitSignal(dialog.winnerChosen, timeout=5000):
         dialog.winner_button.click()
     cfg = tiny_state.config

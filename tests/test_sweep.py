@@ -72,7 +72,8 @@ def test_sweep_of_three_rates_gives_three_runs_and_a_leaderboard(cfg, tmp_path, 
     config = tmp_path / "run.yaml"
     cfg.save(config)
     code = main(["sweep", "--config", str(config), "--output", str(workspace),
-                 "--vary", "training.learning_rate=1e-4,1e-3,1e-2", "--max-steps", "4"])
+                 "--vary", "training.learning_rate=1e-4,1e-3,1e-2", "--max-steps", "4",
+                 "--probe", "What is 2 plus 2?"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "RANK" in out and "lr 1e-3" in out
@@ -92,6 +93,8 @@ def test_sweep_of_three_rates_gives_three_runs_and_a_leaderboard(cfg, tmp_path, 
     assert losses == sorted(losses)
     assert all(row["train_seconds"] and row["peak_memory_bytes"] for row in board)
     assert {row["label"] for row in board} == {"lr 1e-4", "lr 1e-3", "lr 1e-2"}
+    # the probe answered by every variant, side by side in the leaderboard (the latest answer of each)
+    assert all(row["probe_answers"] and row["probe_answers"][0]["prompt"] == "What is 2 plus 2?" for row in board)
     proper = winner_config(sweep)
     assert proper.training.learning_rate == board[0]["values"]["training.learning_rate"]
     assert proper.training.max_steps == 12  # 3x the sweep's steps: the base was not longer

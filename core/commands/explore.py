@@ -54,6 +54,9 @@ def register(subparsers) -> None:
                    help="a setting and its values, e.g. training.learning_rate=1e-4,3e-4,1e-3 (up to two --vary)")
     p.add_argument("--max-steps", type=int, help="steps per variant (default: the configuration's)")
     p.add_argument("--resume", metavar="SWEEP", help="continue a sweep (its folder or sweep.json)")
+    p.add_argument("--probe", action="append", default=None, metavar="PROMPT",
+                   help="a prompt every variant answers while training; the leaderboard shows the answers side "
+                        "by side (repeatable, up to 5)")
     p.set_defaults(func=run_sweep_command)
 
     p = subparsers.add_parser(
@@ -99,7 +102,7 @@ def run_sweep_command(args) -> int:
         cfg = _config(args)
         varies = [parse_vary(text) for text in args.vary]
         workspace = Path(args.output) if args.output else default_workspace()
-        sweep = create_sweep(cfg, varies, workspace, max_steps=args.max_steps)
+        sweep = create_sweep(cfg, varies, workspace, max_steps=args.max_steps, probes=args.probe)
     total = len(sweep["variants"])
     print(f"sweep {sweep['id']}: {total} variants ({sweep['path']})")
 
@@ -113,6 +116,9 @@ def run_sweep_command(args) -> int:
                                "continues; Ctrl+C again to abort)"):
         sweep = run_sweep(sweep, stop=stop, sinks_for=lambda variant: [TrainingConsole()], on_variant=on_variant)
     print(describe_leaderboard(sweep["leaderboard"]))
+    for row in sweep["leaderboard"]:
+        for answer in row["probe_answers"]:
+            print(f"  {row['label']} @ step {answer['step']}: {answer['prompt']!r} -> {answer['answer']!r}")
     print(f"sweep {sweep['state']}: {sweep['path']}")
     return 0 if sweep["state"] == "finished" else 130
 

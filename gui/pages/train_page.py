@@ -1278,7 +1278,8 @@ class TrainPage(QWidget):
         """Variants side by side (gui.compare_dialog); returns the dialog."""
         from gui.compare_dialog import CompareDialog
 
-        dialog = CompareDialog(self.state, self)
+        dialog = CompareDialog(self.state, self, probes=self.probe_editor.prompts(),
+                               probe_every=self.probe_editor.every())
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         return dialog
