@@ -160,18 +160,17 @@ def suggest_learning_rate(learning_rates: Sequence[float], losses: Sequence[floa
                           diverged: bool) -> tuple[float | None, str, dict, list[float]]:
     """(suggested rate, the reason in words, the candidates, the smoothed curve) for a range-test curve.
 
-    Two classic rules: the rate where the smoothed loss falls fastest (per decade of rate), and a tenth of
-    the rate where it is lowest (just before it blows up). The suggestion is the larger of the two,
-    never above the minimum: a short fine-tuning run makes the most progress at the highest rate that is
-    still clearly on the falling part of the curve."""
+    Three classic readings of the smoothed curve: the rate where the loss falls fastest (per decade of
+    rate), a tenth of the rate where it is lowest, and a tenth of the rate where it blows up (rises back
+    above where it started). The suggestion is the largest of them, never above the minimum: the app's
+    runs are short and their schedule warms up to the rate and decays from it, so they make the most
+    progress at the highest rate that is still safely below the blow-up."""
     smoothed = centered_smooth(list(losses))
     finite = [i for i, value in enumerate(smoothed) if math.isfinite(value)]
     candidates: dict[str, float] = {}
     if len(finite) < 5:
         return None, "too few steps with a finite loss to read a curve: run the finder with more steps", \
             candidates, smoothed
-    if diverged:
-        candidates["diverged"] = learning_rates[len(learning_rates) - 1]
     last = finite[-1]
     i_min = min(finite, key=lambda i: smoothed[i])
     lr_min = learning_rates[i_min]
@@ -190,23 +189,32 @@ def suggest_learning_rate(learning_rates: Sequence[float], losses: Sequence[floa
             best_slope, i_steep = slope, i
     if i_steep is not None:
         candidates["steepest"] = learning_rates[i_steep]
+    # Blow-up: the first rate after the minimum where the loss is back above where it started (or turned
+    # non-finite); when the finder stopped on divergence before that, the rate it stopped at.
+    i_blow = next((i for i in range(i_min + 1, len(losses))
+                   if not math.isfinite(smoothed[i]) or smoothed[i] > start_value), None)
+    if i_blow is None and diverged:
+        i_blow = len(learning_rates) - 1
+    if i_blow is not None:
+        candidates["blows_up"] = learning_rates[i_blow]
     if fall <= 0.02 * abs(start_value) or i_steep is None:
         return None, (f"the loss never clearly fell (from {start_value:.3f} to at best {smoothed[i_min]:.3f}): no rate "
                       "to suggest. Try a wider range, more steps, or check the data"), candidates, smoothed
-    tenth = lr_min / 10
     steep = candidates["steepest"]
-    at_end = i_min >= last - 1 and not diverged
-    if at_end:
+    if i_min >= last - 1 and i_blow is None:
         # The loss was still falling at the end of the range: the minimum is not known, only the steepest fall.
         return steep, (f"steepest fall of the loss, at {steep:.1e}; the loss was still falling at the end of the "
-                       f"range ({learning_rates[last]:.1e}), so a tenth of the minimum cannot be read: "
+                       f"range ({learning_rates[last]:.1e}), so where it bottoms out is unknown: "
                        "try a higher end rate"), candidates, smoothed
-    where = f"lowest at {lr_min:.1e}" + (f", it blows up past {learning_rates[last]:.1e}" if diverged else "")
-    if steep >= tenth:
-        return steep, (f"steepest fall of the loss, at {steep:.1e} (the loss is {where}; a tenth of the minimum "
-                       f"would be {tenth:.1e})"), candidates, smoothed
-    return tenth, (f"a tenth of where the loss is lowest ({where}); the loss falls fastest at {steep:.1e}, "
-                   f"earlier on the curve"), candidates, smoothed
+    readings = [(steep, "steepest fall of the loss"), (lr_min / 10, "a tenth of where the loss is lowest")]
+    if i_blow is not None:
+        readings.append((candidates["blows_up"] / 10, "a tenth of where the loss blows up"))
+    value, rule = max(readings, key=lambda reading: reading[0])
+    value = min(value, lr_min)
+    facts = [f"the loss falls fastest at {steep:.1e}", f"is lowest at {lr_min:.1e}"]
+    if i_blow is not None:
+        facts.append(f"blows up at {candidates['blows_up']:.1e}")
+    return value, f"{rule}: {value:.1e} ({', '.join(facts)})", candidates, smoothed
 
 
 # --------------------------------------------------------------------------------------------- range test

@@ -108,8 +108,10 @@ def test_suggestion_reads_a_typical_curve():
     suggestion, reason, candidates, smoothed = suggest_learning_rate(lrs, list(loss), diverged=True)
     assert candidates["minimum"] == pytest.approx(1e-2, rel=0.6)
     assert 1e-4 < candidates["steepest"] < 1e-3
-    assert suggestion == pytest.approx(max(candidates["steepest"], candidates["minimum"] / 10))
-    assert "tenth" in reason or "steepest" in reason
+    assert candidates["minimum"] < candidates["blows_up"]
+    readings = (candidates["steepest"], candidates["minimum"] / 10, candidates["blows_up"] / 10)
+    assert suggestion == pytest.approx(min(max(readings), candidates["minimum"]))
+    assert reason.startswith(("a tenth of where the loss", "steepest fall")) and f"{suggestion:.1e}" in reason
     flat, why, _, _ = suggest_learning_rate(lrs, [2.0] * 61, diverged=False)
     assert flat is None and "never clearly fell" in why
 
