@@ -89,7 +89,7 @@ def test_a_running_queue_continues_after_the_app_restarts(qtbot, tiny_cfg, tmp_p
     assert finished.args[0] == [(run_dir, "finished")]
     assert read_status(run_dir)["state"] == "finished"
     assert queue.queued_runs(workspace) == [] and not queue.is_active(workspace)
-    assert page.queue_panel.isHidden()
+    qtbot.waitUntil(page.queue_panel.isHidden, timeout=30_000)  # once the worker's thread has ended
     page.shutdown()
     state.stop_watching()
 
