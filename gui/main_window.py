@@ -351,7 +351,8 @@ class MainWindow(QMainWindow):
 
     def busy_pages(self) -> list[str]:
         """Keys of pages doing long work the user would lose (training, resuming, evaluating, exporting)."""
-        return [key for key, page in self.pages.items() if getattr(page, "is_busy", False)]
+        return [key for key, page in self.pages.items()
+                if getattr(page, "is_busy", False) and getattr(page, "closing_loses_work", True)]
 
     def confirm_close(self, busy: list[str]) -> bool:
         """Ask before closing while training runs (tests replace this)."""
@@ -369,6 +370,7 @@ class MainWindow(QMainWindow):
         """Stop every page's background work and wait for the threads; True when all stopped."""
         self._ram_timer.stop()
         self.state.stop_watching()
+        self._closing_confirmed = True  # everything is being stopped: closing afterwards needs no question
         ok = True
         for page in self.pages.values():
             stop = getattr(page, "shutdown", None)
@@ -403,6 +405,8 @@ class MainWindow(QMainWindow):
         from PySide6.QtWidgets import QSplitter
 
         for page_key, page in self.pages.items():
+            if not isinstance(page, QWidget):
+                continue
             for index, splitter in enumerate(page.findChildren(QSplitter)):
                 yield f"{page_key}/{index}", splitter
 

@@ -184,6 +184,11 @@ class TrainingWorker(GuardedWorker):
         assert job.config is not None and job.workspace is not None
         if job.mode == "launch":
             return self._run_launched()
+        # Unusable data is refused before a run folder exists (the same check as the CLI's `train`): reading
+        # and mapping, then tokenizing with the model's tokenizer (the run loads that result from the cache).
+        from core.commands.train import check_data_before_the_run
+
+        check_data_before_the_run(job.config, sink, self.stop)
         # The folder is created here (not inside train) so the page knows it at once: Resume and
         # error messages can point at it even when the run stops during loading.
         run_dir = create_run_dir(job.workspace, job.config.name or time.strftime("run-%Y%m%d-%H%M%S"))

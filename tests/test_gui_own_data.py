@@ -142,3 +142,46 @@ def test_histogram_clips_outliers_and_lists_a_clicked_bar(window, qtbot, tmp_pat
     data_page._fill_longest(data_page.analysis)
     assert data_page.longest_list.item(0).text().startswith("line 61:")
     assert "cut at" in data_page.longest_list.item(0).text()
+
+
+def test_check_panel_finds_planted_problems_and_drops_rows(window, qtbot, tmp_path):
+    import json
+
+    data_page = window.pages["data"]
+    rows = [{"question": f"How many legs does animal {i} have?", "answer": f"Animal {i} has {i % 5} legs."}
+            for i in range(40)]
+    rows[10] = dict(rows[3])                                          # exact duplicate of line 4
+    rows[20] = {"question": "Hello {{name}}, what is your job?", "answer": "I am a placeholder."}
+    rows[30] = {"question": "Empty answer?", "answer": "x"}
+    path = tmp_path / "planted.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data_page.load_source(str(path))
+    wait_idle(qtbot, data_page)
+    data_page.run_checks()
+    qtbot.waitUntil(lambda: data_page.check_report is not None and not data_page.is_busy, timeout=60000)
+    kinds = {finding.kind for finding in data_page.check_report.findings}
+    assert {"duplicate_question", "placeholder", "short_answer"} <= kinds, kinds
+    texts = [data_page.findings_list.item(i).text() for i in range(data_page.findings_list.count())]
+    assert any("11" in text and "4" in text for text in texts)  # the duplicate names both lines
+    duplicate = next(i for i, f in enumerate(data_page.check_report.findings) if f.kind == "duplicate_question")
+    data_page.findings_list.setCurrentRow(duplicate)
+    assert data_page.drop_button.isEnabled()
+    data_page.drop_button.click()
+    assert set(window.state.config.data.drop_rows) == set(data_page.check_report.findings[duplicate].drop)
+
+
+def test_preference_file_is_refused_with_the_chosen_only_option(window, qtbot, tmp_path):
+    import json
+
+    data_page = window.pages["data"]
+    rows = [{"prompt": f"Say hi {i}", "chosen": f"Hi {i}!", "rejected": "No."} for i in range(12)]
+    path = tmp_path / "dpo.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    data_page.load_source(str(path))
+    wait_idle(qtbot, data_page)
+    assert "preference data" in data_page.last_error
+    assert data_page.chosen_only_button.isVisibleTo(data_page)
+    data_page.chosen_only_button.click()
+    qtbot.waitUntil(lambda: data_page.analysis is not None and not data_page.is_busy, timeout=60000)
+    assert window.state.config.data.preference == "chosen_only" and data_page.last_error == ""
+    assert "Hi 0!" in data_page.token_view.toPlainText()

@@ -289,9 +289,10 @@ class ChatPage(QWidget):
     def _build_settings(self) -> QGroupBox:
         box = QGroupBox("Generation (both sides)")
         box.setObjectName("chatSettings")
-        box.setMaximumWidth(250)
+        box.setMaximumWidth(290)
         form = QFormLayout(box)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # never cut a label: wrap the field
         gen = self.state.config.generation
 
         def meta(name: str) -> dict:

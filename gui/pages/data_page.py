@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QSplitter,
     QTableView,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -90,6 +91,7 @@ class Analysis:
     tokenizer_error: str = ""
     records: list = field(default_factory=list)   # every usable example, to render any of them on demand
     n_usable: int = 0                             # examples that render (records minus render failures)
+    summary: Any = None                           # core.data.DataSummary: the one count line
 
 
 def error_text(exc: BaseException) -> str:
@@ -119,6 +121,7 @@ class DataPage(ErrorBannerHost, QWidget):
     """The Data page (see module docstring)."""
 
     ERROR_PREFIX = "Data"
+    closing_loses_work = False  # reading/analysing a file is redone in seconds: closing need not ask
 
     def __init__(self, state: StudioState, parent: QWidget | None = None):
         super().__init__(parent)
@@ -193,6 +196,12 @@ class DataPage(ErrorBannerHost, QWidget):
 
         self.error_label = ErrorBanner()
         root.addWidget(self.error_label)
+        self.chosen_only_button = QPushButton("Train on the chosen answers only")
+        self.chosen_only_button.setToolTip("Use each pair's preferred (chosen) answer as the answer to learn, and "
+                                           "leave the rejected ones out (for KTO files: only the rows labelled good)")
+        self.chosen_only_button.clicked.connect(lambda: self._set("data", "preference", "chosen_only"))
+        self.chosen_only_button.setVisible(False)
+        root.addWidget(self.chosen_only_button, 0, Qt.AlignmentFlag.AlignLeft)
 
         self.count_label = QLabel()
         self.count_label.setObjectName("CountLine")
@@ -258,8 +267,9 @@ class DataPage(ErrorBannerHost, QWidget):
         self.role_combos: dict[str, QComboBox] = {}
         lower_layout.addWidget(schema_box, 1)
 
-        bad_box = QGroupBox("Bad rows")
+        bad_box = QWidget()
         bad_layout = QVBoxLayout(bad_box)
+        bad_layout.setContentsMargins(6, 6, 6, 6)
         self.bad_list = QListWidget()
         self.bad_list.setWordWrap(True)  # messages are shown whole
         self.bad_summary = QLabel("None found")
@@ -271,7 +281,10 @@ class DataPage(ErrorBannerHost, QWidget):
         bad_layout.addWidget(self.bad_summary)
         bad_layout.addWidget(self.bad_list, 1)
         bad_layout.addWidget(self.skip_bad)
-        lower_layout.addWidget(bad_box, 1)
+        self.checks_tabs = QTabWidget()
+        self.checks_tabs.addTab(bad_box, "Bad rows")
+        self.checks_tabs.addTab(self._build_checks_panel(), "Check data")
+        lower_layout.addWidget(self.checks_tabs, 1)
         left.addWidget(lower)
         left.setStretchFactor(0, 3)
         left.setStretchFactor(1, 2)
@@ -356,6 +369,118 @@ class DataPage(ErrorBannerHost, QWidget):
         splitter.setStretchFactor(0, 5)
         splitter.setStretchFactor(1, 4)
         splitter.setSizes([600, 480])
+
+    def _build_checks_panel(self) -> QWidget:
+        """Data checks before training: duplicates, leakage, empty answers, placeholders, extreme lengths."""
+        panel = QWidget()
+        layout = QVBoxLayout(panel)
+        layout.setContentsMargins(6, 6, 6, 6)
+        row = QHBoxLayout()
+        self.check_button = QPushButton("Check data")
+        self.check_button.setToolTip("Look for duplicate or near-duplicate questions, held-out examples that are "
+                                     "also in training (leakage), empty or one-character answers, one answer "
+                                     "repeated across many rows, template placeholders left in the text and "
+                                     "extreme lengths. Your file is never changed.")
+        self.check_button.clicked.connect(self.run_checks)
+        self.keep_all_button = QPushButton("Keep all rows")
+        self.keep_all_button.setToolTip("Forget the rows dropped for this run")
+        self.keep_all_button.clicked.connect(lambda: self._set("data", "drop_rows", []))
+        row.addWidget(self.check_button)
+        row.addWidget(self.keep_all_button)
+        row.addStretch(1)
+        layout.addLayout(row)
+        self.checks_summary = QLabel("Press “Check data” to look for problems before training.")
+        self.checks_summary.setObjectName("Muted")
+        self.checks_summary.setWordWrap(True)
+        self.checks_summary.setTextFormat(Qt.TextFormat.PlainText)
+        layout.addWidget(self.checks_summary)
+        self.findings_list = QListWidget()
+        self.findings_list.setWordWrap(True)
+        self.findings_list.currentRowChanged.connect(self._update_drop_button)
+        layout.addWidget(self.findings_list, 1)
+        self.drop_button = QPushButton("Drop these rows for the run")
+        self.drop_button.setToolTip("Leave the selected finding's rows out of this run (data.drop_rows); the file "
+                                    "itself is not changed")
+        self.drop_button.setEnabled(False)
+        self.drop_button.clicked.connect(self.drop_selected_finding)
+        layout.addWidget(self.drop_button)
+        self.check_report = None
+        self._check_task: Task | None = None
+        return panel
+
+    def run_checks(self) -> None:
+        """Run core.data.run_checks on the configured dataset in a worker."""
+        if self.loaded is None or self._check_task is not None:
+            return
+        cfg = self.state.config.copy()
+        tokenizers = self._tokenizers
+
+        def work(progress, stop):
+            from core import data
+
+            try:
+                tokenizer = _tokenizer_for(cfg, tokenizers, progress)
+            except StudioError:
+                tokenizer = None  # lengths in characters then
+            return data.run_checks(cfg.data, tokenizer, cfg.training.max_length, stop=stop, progress=progress)
+
+        task = self.tasks.run(work, name="data-check")
+        task.progress.connect(self.busy_indicator.set_progress)
+        task.succeeded.connect(self._on_checked)
+        task.failed.connect(self._on_check_failed)
+        task.finished.connect(self._on_task_finished)
+        self._check_task = task
+        self.check_button.setEnabled(False)
+        self.checks_summary.setText("Checking…")
+        self.busy_indicator.busy("Checking the data…")
+        task.start()
+
+    @Slot(object)
+    def _on_checked(self, report) -> None:
+        self._check_task = None
+        self.check_button.setEnabled(True)
+        self.check_report = report
+        self.findings_list.clear()
+        label = report.summary.row_label
+        for finding in report.findings:
+            rows = ", ".join(str(r) for r in finding.rows[:12]) + ("…" if len(finding.rows) > 12 else "")
+            text = f"{finding.title}\n{finding.detail}\n{label}s: {rows}"
+            if finding.examples:
+                text += "\ne.g. " + " | ".join(finding.examples[:2])
+            item = QListWidgetItem(text)
+            item.setToolTip(plain_tooltip(text))
+            self.findings_list.addItem(item)
+        dropped = len(self.state.config.data.drop_rows or [])
+        found = f"{len(report.findings)} kind{'s' if len(report.findings) != 1 else ''} of problem found" \
+            if report.findings else "No problems found"
+        self.checks_summary.setText(f"{found} in {report.summary.n_usable:,} usable rows ({report.seconds:.1f} s)."
+                                    + (f" {dropped} rows are dropped for this run." if dropped else ""))
+        self.checks_tabs.setCurrentIndex(1)
+        self._update_drop_button()
+
+    @Slot(object)
+    def _on_check_failed(self, exc) -> None:
+        self._check_task = None
+        self.check_button.setEnabled(True)
+        if not isinstance(exc, Cancelled):
+            self.checks_summary.setText("The check could not run: " + error_text(exc))
+
+    def _update_drop_button(self, *_args) -> None:
+        index = self.findings_list.currentRow()
+        findings = self.check_report.findings if self.check_report is not None else []
+        drop = findings[index].drop if 0 <= index < len(findings) else []
+        self.drop_button.setEnabled(bool(drop))
+        self.drop_button.setText(f"Drop these {len(drop)} rows for the run" if drop else "Drop these rows for the run")
+
+    def drop_selected_finding(self) -> None:
+        """Leave the selected finding's rows out of this run (the file is never modified)."""
+        index = self.findings_list.currentRow()
+        if self.check_report is None or not 0 <= index < len(self.check_report.findings):
+            return
+        rows = set(self.state.config.data.drop_rows or []) | set(self.check_report.findings[index].drop)
+        self._set("data", "drop_rows", sorted(rows))
+        self.checks_summary.setText(f"{len(rows)} rows are dropped for this run (the file is unchanged). "
+                                    "Press “Check data” again to see what remains.")
 
     def _build_welcome(self) -> QWidget:
         """First launch: three ways in, shown at once instead of a blank page while a sample loads."""
@@ -516,6 +641,10 @@ class DataPage(ErrorBannerHost, QWidget):
         self.longest_list.clear()
         self.bad_list.clear()
         self.bad_summary.setText("")
+        self.findings_list.clear()
+        self.check_report = None
+        self.checks_summary.setText("Press “Check data” to look for problems before training.")
+        self.chosen_only_button.setVisible(False)
         self.reason_label.setText("")
         self._updating = True
         self.example_spin.setRange(1, 1)
@@ -600,6 +729,7 @@ class DataPage(ErrorBannerHost, QWidget):
         self._analysis_task = None
         self.analysis = result
         self.hide_error()
+        self.chosen_only_button.setVisible(False)
         self._fill_mapping(result.schema, self._known_columns(result.columns), result.column_map,
                            f"Detected {result.schema.replace('_', '/')}: {result.reason}"
                            if self.state.config.data.schema == "auto" else f"Format: {result.reason}")
@@ -677,6 +807,14 @@ class DataPage(ErrorBannerHost, QWidget):
 
     def _update_counts(self, result: Analysis) -> None:
         """One honest line: rows in the file · bad · usable · train / held-out (all from the same read)."""
+        if result.summary is not None:
+            summary = result.summary
+            summary.skip_bad_rows = bool(self.state.config.data.skip_bad_rows)
+            extra = ""
+            if result.n_usable < summary.n_usable:  # the template could not render some rows
+                extra = f" · {summary.n_usable - result.n_usable:,} cannot be rendered (see Bad rows)"
+            self.count_label.setText(summary.line() + extra)
+            return
         from core.data import split_indices
 
         data_cfg = self.state.config.data
@@ -848,7 +986,7 @@ class DataPage(ErrorBannerHost, QWidget):
     # -- progress and errors -------------------------------------------------------------------
     @Slot()
     def _on_task_finished(self) -> None:
-        if self._load_task is None and self._analysis_task is None:
+        if self._load_task is None and self._analysis_task is None and self._check_task is None:
             self.busy_indicator.idle()
 
     @Slot(object)
@@ -865,6 +1003,7 @@ class DataPage(ErrorBannerHost, QWidget):
         if isinstance(exc, Cancelled):
             return
         self.show_error(error_text(exc))
+        self.chosen_only_button.setVisible(getattr(exc, "field", None) == "preference")
         if analysis_failed or self.loaded is None:
             # The Train page refuses this source until it is fixed (no failed run folder is left behind).
             self.state.set_data({"source": self.state.config.data.source, "usable": False,
@@ -901,6 +1040,7 @@ def analyse_dataset(cfg, tokenizers: dict, progress, stop) -> Analysis:
     from core import data
 
     data_cfg = cfg.data
+    user_skips = data_cfg.skip_bad_rows
     data_cfg.skip_bad_rows = True  # list every bad row here; the user's setting decides at training time
     raw, guess, records, lines = data.load_records(data_cfg, stop=stop, progress=progress, max_rows=ANALYSE_ROWS)
     result = Analysis(source=data_cfg.source, schema=guess.schema, column_map=dict(guess.column_map),
@@ -940,6 +1080,10 @@ def analyse_dataset(cfg, tokenizers: dict, progress, stop) -> Analysis:
                                                         data_cfg.train_on_answers_only))
     result.n_usable = len(result.records)
     result.bad_rows.sort(key=lambda bad: bad.line)
+    import dataclasses
+
+    result.summary = data.summarize_records(raw, guess, lines, dataclasses.replace(data_cfg, skip_bad_rows=user_skips),
+                                            complete=not result.limited)
     progress(1.0, "done")
     return result
 

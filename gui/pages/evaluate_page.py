@@ -226,8 +226,8 @@ class EvaluatePage(QWidget):
         self.n_spin.setValue(20)
         self.n_spin.setToolTip("How many questions both models answer (the loss uses the whole split). "
                                "Each answer takes a moment: 20 is a quick check, 100+ a solid comparison.")
+        self.n_spin.setSuffix(" questions at most")  # in the box: a separate label got cut in a narrow window
         numbers.addWidget(self.n_spin)
-        numbers.addWidget(QLabel("questions, at most"))
         self.tokens_spin = QSpinBox()
         self.tokens_spin.setRange(1, 4096)
         self.tokens_spin.setValue(self.state.config.generation.max_new_tokens)

@@ -1224,6 +1224,9 @@ class TrainPage(QWidget):
         elif result.state == "stopped":
             self.progress_bar.setFormat(f"Stopped at step {global_step}: press Resume to continue")
             self.state.show_message(f"Training stopped: {result.message}")
+        if result.state == "finished" and self.coach is not None:
+            for advice in self.coach.finish():  # "all is well" when nothing warned and held-out loss improved
+                self.coach_panel.add_advice(advice)
         if self.current_run_dir is not None:
             self.show_summary(self.current_run_dir)
         self.runEnded.emit(result)
@@ -1233,8 +1236,12 @@ class TrainPage(QWidget):
         self._show_stats()
         self.last_result = exc
         self._set_run_state("failed")
+        from core.errors import DataError
+
         if offer_consent(self, exc):
             self.show_error(f"Allowed for {exc.model}: press Start (or Resume) again.")
+        elif isinstance(exc, DataError):  # refused before any run folder was created
+            self.show_error(f"The data cannot be trained on (no run was created): {exc}", data_action=True)
         elif isinstance(exc, StudioError):
             self.show_error(f"Training failed: {exc}")
         else:
