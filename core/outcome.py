@@ -81,6 +81,13 @@ def summarize_outcome(run_dir: str | os.PathLike) -> RunOutcome:
         outcome.headline = f"The run failed at step {step}: {status.get('message') or 'see the log'}."
         outcome.next_steps.append("Read the message, fix the setting or the data it names, and start again.")
         return outcome
+    if state == "diverged":
+        outcome.verdict = "worse"
+        outcome.headline = (f"Training stopped at step {step} because the loss ran away (diverged): "
+                            f"{status.get('message') or 'the loss rose far above where it started'}.")
+        outcome.next_steps.append("Start a new run with a lower learning rate (e.g. a tenth) or gradient clipping "
+                                  "on; the learning-rate finder suggests a safe value.")
+        return outcome
     reference = best if best is not None else after
     if before is not None and reference is not None:
         change = (reference - before) / before if before > 0 else 0.0

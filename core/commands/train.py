@@ -122,6 +122,12 @@ def _report(result) -> int:
         print(f"final model: {result.final_dir}")
     for line in describe(read_tracking(result.run_dir)):
         print(line)
+    from core.outcome import format_outcome, summarize_outcome
+
+    try:  # the end of the run in plain words: held-out loss before -> after, what it means, what next
+        print(format_outcome(summarize_outcome(result.run_dir)))
+    except (OSError, ValueError) as exc:  # a summary is a courtesy: never fail a finished run over it
+        print(f"(no summary: {exc})")
     return 0 if result.state == "finished" else 130
 
 

@@ -47,7 +47,7 @@ METRICS = {  # combo label -> (record kind, key)
 }
 PALETTE = ("#2f6fd6", "#e0702b", "#2a9d8f", "#8e5bd6", "#d64550", "#7a8c1f", "#c2185b", "#546e7a")
 STATE_COLORS = {"finished": "#2a9d8f", "running": "#2f6fd6", "stopped": "#b8860b", "interrupted": "#e0702b",
-                "failed": "#d64550"}
+                "failed": "#d64550", "diverged": "#d64550"}
 REFRESH_FALLBACK_MS = 5000
 RESUMABLE = ("stopped", "interrupted", "failed")
 LIVE_STATES = ("running",)  # status.json states of a run whose training process is alive (read_status checks the pid)

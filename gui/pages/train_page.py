@@ -68,6 +68,7 @@ STATE_STYLES = {
     "finished": ("Finished", "#1e7a3a", "#dcf3e3"),
     "failed": ("Failed", "#b42318", "#fde4e1"),
     "interrupted": ("Interrupted", "#6b4b00", "#fdf0cf"),
+    "diverged": ("Diverged", "#b42318", "#fde4e1"),
 }
 
 PAGE_STYLE = """
@@ -704,7 +705,7 @@ class TrainPage(QWidget):
         self.progress_bar.setFormat(f"{run_dir.name}: {state} at step {step}" + (f" / {total}" if total else ""))
         if status.get("best_eval_loss") is not None:
             self.stat_eval.set(f"best {status['best_eval_loss']:.4f}")
-        if state in ("finished", "stopped", "failed"):
+        if state in ("finished", "stopped", "failed", "diverged", "interrupted"):
             self.show_summary(run_dir)
 
     def show_summary(self, run_dir: Path) -> None:
@@ -1224,6 +1225,10 @@ class TrainPage(QWidget):
         elif result.state == "stopped":
             self.progress_bar.setFormat(f"Stopped at step {global_step}: press Resume to continue")
             self.state.show_message(f"Training stopped: {result.message}")
+        elif result.state == "diverged":  # stopped by the app: the loss ran away (the message has the advice)
+            self.progress_bar.setFormat(f"Diverged at step {global_step}")
+            self.show_error(f"The loss ran away, so training stopped: {result.message}")
+            self.state.show_message("Training diverged")
         if result.state == "finished" and self.coach is not None:
             for advice in self.coach.finish():  # "all is well" when nothing warned and held-out loss improved
                 self.coach_panel.add_advice(advice)
