@@ -81,3 +81,39 @@ def test_confirm_consents_asks_when_the_settings_request_remote_code(qtbot, isol
     assert confirm_consents(None, cfg) is True
     assert confirm_consents(None, cfg) is True  # no question the second time
     assert len(answers["asked"]) == 2
+
+
+def test_evaluate_and_chat_ask_before_loading_a_run_that_wants_remote_code(qtbot, answers, isolated_home, tmp_path,
+                                                                            remote_code_model):
+    from PySide6.QtWidgets import QMessageBox
+
+    from core.config import RunConfig
+    from gui.pages.chat_page import ChatPage
+    from gui.pages.evaluate_page import EvaluatePage
+    from gui.state import StudioState
+
+    workspace = tmp_path / "runs"
+    run = workspace / "remote-run"
+    run.mkdir(parents=True)
+    cfg = RunConfig(name="remote-run")
+    cfg.model.name_or_path = str(remote_code_model)
+    cfg.model.trust_remote_code = True  # the file asks; only the person can allow
+    cfg.save(run / "config.yaml")
+    (run / "status.json").write_text('{"state": "finished", "global_step": 1}', encoding="utf-8")
+    state = StudioState(workspace=workspace)
+    evaluate = EvaluatePage(state)
+    chat = ChatPage(state)
+    qtbot.addWidget(evaluate)
+    qtbot.addWidget(chat)
+    evaluate.run_combo.addItem("remote-run", str(run))
+    evaluate.run_combo.setCurrentIndex(evaluate.run_combo.count() - 1)
+    answers["answers"] = [QMessageBox.StandardButton.No]
+    evaluate.start()
+    assert not evaluate.is_busy and len(answers["asked"]) == 1
+    assert str(remote_code_model) in answers["asked"][0][1]
+    chat.run_combo.addItem("remote-run", str(run))
+    chat.run_combo.setCurrentIndex(chat.run_combo.count() - 1)
+    answers["answers"] = [QMessageBox.StandardButton.No]
+    assert chat.send("Hello?") is None and not chat.is_busy and len(answers["asked"]) == 2
+    evaluate.shutdown(10000)
+    chat.shutdown(10000)

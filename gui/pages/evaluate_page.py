@@ -482,6 +482,8 @@ class EvaluatePage(QWidget):
         run_dir = self.run_combo.currentData()
         if not run_dir or self._task.is_busy:
             return
+        if not _consented(self, run_dir):
+            return
         checkpoint = self.checkpoint_combo.currentData()
         checkpoint = None if checkpoint in (None, _FINAL) else checkpoint
         source = self.file_edit.text().strip() if self.file_radio.isChecked() else None
@@ -702,3 +704,17 @@ class EvaluatePage(QWidget):
     def shutdown(self, timeout_ms: int = 30000) -> bool:
         """Cancel a running evaluation and wait for its thread."""
         return self._task.shutdown(timeout_ms)
+
+
+def _consented(parent, run_dir) -> bool:
+    """Before loading a run's model: ask for each permission (remote code, pickled weights) its settings request
+    and the user has not given on this machine; a run's config.yaml never grants it by itself."""
+    from core.errors import StudioError
+    from core.runs import load_run_config
+    from gui.consent_prompt import confirm_consents
+
+    try:
+        model_cfg = load_run_config(run_dir).model
+    except StudioError:
+        return True  # an unreadable config fails later with its own message
+    return confirm_consents(parent, model_cfg)
