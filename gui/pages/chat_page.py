@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QSizePolicy,
@@ -43,6 +42,7 @@ from PySide6.QtWidgets import (
 from core.cancel import StopToken
 from core.config import GenerationConfig, field_meta
 from core.generation import stop_reason
+from gui import plain
 from gui.chat_workers import ChatAnswer, ChatPaneThread, ChatRequest, ChatStatus, SharedSessions, TokenChunk
 from gui.widgets.help_button import HelpButton
 from gui.widgets.page_heading import compact_page_layout
@@ -847,7 +847,7 @@ class ChatPage(QWidget):
     @Slot()
     def _export_dialog(self) -> None:
         if not self._turns:
-            QMessageBox.information(self, "Export", "There is no conversation to export yet.")
+            plain.information(self, "Export", "There is no conversation to export yet.")
             return
         path, _ = QFileDialog.getSaveFileName(self, "Export conversation", str(Path.home() / "conversation.md"),
                                               "Markdown (*.md);;JSON (*.json)")
@@ -855,7 +855,7 @@ class ChatPage(QWidget):
             try:
                 self.export_conversation(path)
             except OSError as exc:
-                QMessageBox.warning(self, "Export", f"Could not write {path}: {exc}")
+                plain.warning(self, "Export", f"Could not write {path}: {exc}")
             else:
                 self.state.show_message(f"Conversation saved to {path}")
 

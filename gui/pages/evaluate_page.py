@@ -25,7 +25,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
@@ -41,6 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.glossary import GLOSSARY, explain, format_metric
+from gui import plain
 from gui.chat_workers import TaskOutcome, TaskProgress, TaskRunner
 from gui.widgets.help_button import HelpButton
 from gui.widgets.page_heading import compact_page_layout
@@ -488,7 +488,7 @@ class EvaluatePage(QWidget):
         checkpoint = None if checkpoint in (None, _FINAL) else checkpoint
         source = self.file_edit.text().strip() if self.file_radio.isChecked() else None
         if self.file_radio.isChecked() and not source:
-            QMessageBox.warning(self, "Evaluate", "Choose the dataset file to evaluate on, or use the held-out split.")
+            plain.warning(self, "Evaluate", "Choose the dataset file to evaluate on, or use the held-out split.")
             return
         n = self.n_spin.value()
         max_new_tokens = self.tokens_spin.value()
@@ -537,7 +537,7 @@ class EvaluatePage(QWidget):
         if outcome.error:
             self.progress.setValue(0)
             self.progress.setFormat("Failed")
-            QMessageBox.warning(self, "Evaluation failed", outcome.error)
+            plain.warning(self, "Evaluation failed", outcome.error)  # may quote dataset text
         elif outcome.cancelled:
             self.progress.setValue(0)
             self.progress.setFormat("Cancelled")
