@@ -334,14 +334,22 @@ def evaluate_run(run_dir, *, data_cfg: DataConfig | None = None, n: int | None =
 
     rows: list[ComparisonRow] = []
     base_answers, tuned_answers, references = [], [], []
-    for i, record in enumerate(questions):
-        if stop is not None:
-            stop.raise_if_set()
-        report_progress(0.25 + 0.6 * i / max(len(questions), 1), f"answering question {i + 1} of {len(questions)}")
-        base = session.generate(record, gen_cfg, use_adapter=False, stop=stop)
-        tuned = session.generate(record, gen_cfg, use_adapter=True, stop=stop)
-        if stop is not None:
-            stop.raise_if_set()
+    # Answers in left-padded batches (one generate call per batch; greedy answers identical to one by
+    # one): base first, then fine-tuned.
+    total = len(questions)
+
+    def answered(start: float, side: str):
+        return lambda done, _total: report_progress(start + 0.3 * done / max(total, 1),
+                                                    f"{side} answers: {done} of {total}")
+
+    report_progress(0.25, f"answering {total} questions")
+    base_results = session.generate_batch(questions, gen_cfg, use_adapter=False, stop=stop,
+                                          progress=answered(0.25, "base"))
+    tuned_results = session.generate_batch(questions, gen_cfg, use_adapter=True, stop=stop,
+                                           progress=answered(0.55, "fine-tuned"))
+    if stop is not None:
+        stop.raise_if_set()
+    for i, (record, base, tuned) in enumerate(zip(questions, base_results, tuned_results, strict=True)):
         reference = str(record.get("answer", ""))
         base_answers.append(base.text.strip())
         tuned_answers.append(tuned.text.strip())

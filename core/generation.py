@@ -343,6 +343,24 @@ def _stopping_criterion(streamer: _TokenStreamer, stop: StopToken | None):
     return _StopCheck()
 
 
+class _UnpaddedRepetitionPenalty:
+    """The library's repetition penalty, row by row over the real tokens only (left padding skipped)."""
+
+    def __init__(self, penalty: float, pads: Sequence[int]):
+        self.penalty = penalty
+        self.pads = list(pads)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for row, pad in enumerate(self.pads):
+            ids = input_ids[row, pad:]
+            score = torch.gather(scores[row], 0, ids)
+            score = torch.where(score < 0, score * self.penalty, score / self.penalty)
+            scores[row] = scores[row].scatter(0, ids, score)
+        return scores
+
+
 def _generation_kwargs(gen_cfg: GenerationConfig, tokenizer, model) -> dict[str, Any]:
     """Library arguments for ``generate``; core.hf_args owns the mapping when it exists."""
     try:
@@ -548,6 +566,86 @@ class ModelSession:
         first = streamer.first_token_time - started if streamer.first_token_time is not None else None
         return GenerationResult(text=streamer.text, n_tokens=n_tokens, seconds=seconds,
                                 first_token_seconds=first, stopped_by=stopped_by, prompt=prompt, token_ids=new_ids)
+
+    def generate_batch(self, prompts: Sequence, gen_cfg: GenerationConfig | None = None, *,
+                       use_adapter: bool = True, batch_size: int | None = None, stop: StopToken | None = None,
+                       prompt_format: DataConfig | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
+        """Greedy answers to many prompts, several per ``generate`` call; results in ``prompts`` order.
+
+        Prompts are sorted by length and left-padded in batches (attention mask and pad id passed;
+        the model derives position ids from the mask), so each answer is the one ``generate`` would
+        give alone. The repetition penalty is applied by our own processor that skips the padding
+        (the library's would also penalise the pad token, which is often EOS). Sampling falls back to
+        one prompt at a time (a batch would draw different random numbers). ``progress(done, total)``.
+        """
+        import torch
+        from transformers import LogitsProcessorList
+
+        gen_cfg = gen_cfg or (self.run_config.generation if self.run_config else GenerationConfig())
+        built = [self.build_prompt(p, prompt_format=prompt_format) for p in prompts]
+        total = len(built)
+        if gen_cfg.do_sample or total <= 1:
+            results = []
+            for i, prompt in enumerate(prompts):
+                if stop is not None:
+                    stop.raise_if_set()
+                results.append(self.generate(prompt, gen_cfg, use_adapter=use_adapter, stop=stop,
+                                             prompt_format=prompt_format))
+                if progress:
+                    progress(i + 1, total)
+            return results
+        if any(not ids for _, ids in built):
+            raise ValueError("the prompt is empty")
+        if batch_size is None:
+            batch_size = 8 if self.device == "cpu" else 32
+        order = sorted(range(total), key=lambda i: len(built[i][1]))
+        results: list[GenerationResult | None] = [None] * total
+        penalty = float(gen_cfg.repetition_penalty or 1.0)
+        done = 0
+        for start in range(0, total, batch_size):
+            if stop is not None:
+                stop.raise_if_set()
+            chunk = order[start:start + batch_size]
+            started = time.perf_counter()
+            with self.model_for(use_adapter) as model:
+                kwargs = _generation_kwargs(gen_cfg, self.tokenizer, model)
+                kwargs["repetition_penalty"] = 1.0
+                pad_id = kwargs["pad_token_id"]
+                width = max(len(built[i][1]) for i in chunk)
+                pads = [width - len(built[i][1]) for i in chunk]
+                device = next(model.parameters()).device
+                input_ids = torch.tensor([[pad_id] * p + built[i][1] for p, i in zip(pads, chunk, strict=True)],
+                                         dtype=torch.long, device=device)
+                attention_mask = torch.tensor([[0] * p + [1] * (width - p) for p in pads], dtype=torch.long,
+                                              device=device)
+                processors = LogitsProcessorList()
+                if penalty != 1.0:
+                    processors.append(_UnpaddedRepetitionPenalty(penalty, pads))
+                with torch.inference_mode():
+                    output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                            logits_processor=processors, **kwargs)
+            seconds = time.perf_counter() - started
+            eos_ids = set(kwargs.get("eos_token_id") or [])
+            for row, i in enumerate(chunk):
+                new_ids = [int(t) for t in output[row, width:].tolist()]
+                stopped_by = "max_tokens"
+                for k, token in enumerate(new_ids):  # after EOS a batch row holds only padding
+                    if token in eos_ids:
+                        new_ids, stopped_by = new_ids[:k + 1], "eos"
+                        break
+                text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+                for stop_string in gen_cfg.stop_strings or []:
+                    where = text.find(stop_string) if stop_string else -1
+                    if where != -1:
+                        text, stopped_by = text[:where], "stop_string"
+                results[i] = GenerationResult(text=text, n_tokens=len(new_ids), seconds=seconds / len(chunk),
+                                              first_token_seconds=None, stopped_by=stopped_by,
+                                              prompt=built[i][0], token_ids=new_ids)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+        return [r for r in results if r is not None]
 
     def stream(self, prompt_or_messages, gen_cfg: GenerationConfig | None = None, *, use_adapter: bool = True,
                stop: StopToken | None = None, raw: bool = False) -> GenerationStream:

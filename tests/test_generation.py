@@ -217,3 +217,18 @@ def test_continue_text_carries_on_the_same_answer(session):
     assert start.token_ids + rest.token_ids == whole.token_ids
     assert start.text + rest.text == whole.text
     assert "".join(pieces) == rest.text and rest.n_tokens <= 6
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_batched_greedy_answers_equal_one_by_one(session, penalty):
+    # Left-padded batches (prompts of different lengths) give the same tokens as answering alone, with
+    # the repetition penalty too (ours skips the padding; the library's would penalise the pad token).
+    questions = ["What is the capital of France?", "Hi", "Name three colours of the rainbow, please.",
+                 "2+2?", "Why is the sky blue when the sun is high and red when it sets?"]
+    cfg = GenerationConfig(max_new_tokens=10, do_sample=False, repetition_penalty=penalty)
+    for use_adapter in (False, True):
+        alone = [session.generate(q, cfg, use_adapter=use_adapter) for q in questions]
+        together = session.generate_batch(questions, cfg, use_adapter=use_adapter, batch_size=3)
+        assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+        assert [r.text for r in together] == [r.text for r in alone]
+        assert [r.stopped_by for r in together] == [r.stopped_by for r in alone]
