@@ -470,7 +470,8 @@ class DataPage(ErrorBannerHost, QWidget):
         findings = self.check_report.findings if self.check_report is not None else []
         drop = findings[index].drop if 0 <= index < len(findings) else []
         self.drop_button.setEnabled(bool(drop))
-        self.drop_button.setText(f"Drop these {len(drop)} rows for the run" if drop else "Drop these rows for the run")
+        label = "this row" if len(drop) == 1 else f"these {len(drop)} rows"
+        self.drop_button.setText(f"Drop {label} for the run" if drop else "Drop these rows for the run")
 
     def drop_selected_finding(self) -> None:
         """Leave the selected finding's rows out of this run (the file is never modified)."""
@@ -689,6 +690,10 @@ class DataPage(ErrorBannerHost, QWidget):
             count = f"{n:,} rows" if complete else f"{n:,}+ rows (indexing…)"
         else:
             count = f"{n:,} rows" if self.loaded.total_known else f"first {n:,} rows shown"
+        summary = self.analysis.summary if self.analysis is not None else None
+        if summary is not None and summary.complete and summary.n_in_file != n:
+            # The table shows the rows that could be read; the count line counts the file (bad rows too).
+            count = f"{summary.n_in_file:,} rows in the file, {n:,} readable shown"
         self.source_label.setText(f"{self.loaded.source} · {self.loaded.kind} · {count}")
         self.preview_box.setTitle(f"Rows ({count})")
 
@@ -744,6 +749,7 @@ class DataPage(ErrorBannerHost, QWidget):
         self._fill_longest(result)
         self._fill_bad_rows(result)
         self._update_counts(result)
+        self._update_source_label()
         if result.tokenizer_error:
             self.show_error("Token view unavailable: " + result.tokenizer_error)
         self.state.set_data({"source": result.source, "schema": result.schema, "column_map": result.column_map,
