@@ -355,7 +355,7 @@ class TrainPage(QWidget):
         self.compare_button.setToolTip("Train a few variants of one or two settings one after another, watch "
                                        "their curves race and keep the winner.")
         self.compare_button.clicked.connect(self.open_compare)
-        self.queue_button = QPushButton("＋ Queue")
+        self.queue_button = QPushButton("+ Queue")
         self.queue_button.setObjectName("queueButton")
         self.queue_button.setToolTip("Add these settings to the run queue: they train after the current run "
                                      "(the queue is on the Runs page and continues after a restart).")
