@@ -182,6 +182,7 @@ class EvaluatePage(QWidget):
         top = QHBoxLayout()
         setup = QGroupBox("What to evaluate")
         form = QFormLayout(setup)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # a narrow window wraps, never cuts
         run_row = QHBoxLayout()
         self.run_combo = QComboBox()
         self.run_combo.setMinimumWidth(240)
@@ -321,7 +322,7 @@ class EvaluatePage(QWidget):
         self.forgetting_label.setTextFormat(Qt.TextFormat.PlainText)
         self.forgetting_label.setVisible(False)
         results_layout.addWidget(self.forgetting_label)
-        self.per_example_check = QCheckBox("Also rank the examples by loss (hardest, easiest, went up)")
+        self.per_example_check = QCheckBox("Rank the examples by loss")  # details in the tooltip: fits 1024 px
         self.per_example_check.setToolTip("Measure base and fine-tuned loss of every training and held-out example "
                                           "(up to 400 of each) and list them with their row numbers. A very high "
                                           "loss after training often means a wrong or inconsistent label.")
