@@ -165,14 +165,26 @@ def check_forgetting(run_dir, *, session=None, checkpoint=None, n_answers: int =
     items = [ProbeScore(p.kind, p.question, p.answer, b, t) for p, (b, _), (t, _) in zip(kept, base, tuned,
                                                                                           strict=True)]
     gen_cfg = gen_cfg or GenerationConfig(**{**asdict(cfg.generation), "do_sample": False, "max_new_tokens": 48})
-    for i, item in enumerate(items[:max(0, n_answers)]):
+    answered = items[:max(0, n_answers)]
+    if answered:
+        # Left-padded batches (greedy answers identical to one at a time): base side, then fine-tuned.
+        records = [{"question": item.question, "answer": ""} for item in answered]
+
+        def answering(start: float, side: str):
+            if progress is None:
+                return None
+            return lambda done, total: progress(start + 0.3 * done / max(1, total),
+                                                f"general probes: {side} answers {done} of {total}")
+
+        base_answers = session.generate_batch(records, gen_cfg, use_adapter=False, stop=stop,
+                                              progress=answering(0.4, "base"))
+        tuned_answers = session.generate_batch(records, gen_cfg, use_adapter=True, stop=stop,
+                                               progress=answering(0.7, "fine-tuned"))
         if stop is not None:
             stop.raise_if_set()
-        if progress is not None:
-            progress(0.4 + 0.6 * i / max(1, min(n_answers, len(items))), f"general probes: answering {i + 1}")
-        record = {"question": item.question, "answer": ""}
-        item.base_answer = session.generate(record, gen_cfg, use_adapter=False, stop=stop).text.strip()
-        item.tuned_answer = session.generate(record, gen_cfg, use_adapter=True, stop=stop).text.strip()
+        for item, base_answer, tuned_answer in zip(answered, base_answers, tuned_answers, strict=True):
+            item.base_answer = base_answer.text.strip()
+            item.tuned_answer = tuned_answer.text.strip()
     change = ability_change_percent(base_loss, tuned_loss)
     report = ForgettingReport(base_loss=base_loss, tuned_loss=tuned_loss, change_percent=change,
                               verdict=verdict_for(change), n_probes=len(items), n_tokens=n_tokens, items=items)

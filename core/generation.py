@@ -393,6 +393,65 @@ def _generation_kwargs(gen_cfg: GenerationConfig, tokenizer, model) -> dict[str,
     return kwargs
 
 
+def answer_batch(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]], gen_cfg: GenerationConfig, *,
+                 stop: StopToken | None = None, **generate_kwargs) -> list[GenerationResult]:
+    """Greedy answers to ``prompts`` ((text, token ids) pairs) in one left-padded ``generate`` call.
+
+    Each answer is the one ``generate`` gives for that prompt alone: attention mask and pad id are
+    passed (the model derives position ids from the mask) and the repetition penalty skips the
+    padding. Stop strings cut the text as streaming does; ``stop`` ends the call within one token
+    (``stopped_by="cancelled"``). ``seconds`` is the call's time shared equally.
+    """
+    import torch
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    started = time.perf_counter()
+    kwargs = _generation_kwargs(gen_cfg, tokenizer, model)
+    penalty = float(kwargs.get("repetition_penalty") or 1.0)
+    kwargs["repetition_penalty"] = 1.0
+    kwargs["do_sample"] = False
+    for name in ("temperature", "top_p", "top_k"):
+        kwargs.pop(name, None)
+    kwargs.update(generate_kwargs)
+    pad_id = kwargs["pad_token_id"]
+    width = max(len(ids) for _, ids in prompts)
+    pads = [width - len(ids) for _, ids in prompts]
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([[pad_id] * pad + list(ids) for pad, (_, ids) in zip(pads, prompts, strict=True)],
+                             dtype=torch.long, device=device)
+    attention_mask = torch.tensor([[0] * pad + [1] * (width - pad) for pad in pads], dtype=torch.long, device=device)
+    processors = LogitsProcessorList([_UnpaddedRepetitionPenalty(penalty, pads)] if penalty != 1.0 else [])
+
+    class _Cancel:
+        def __call__(self, ids, scores, **unused):
+            done = stop is not None and stop.is_set
+            return torch.full((ids.shape[0],), done, dtype=torch.bool, device=ids.device)
+
+    with torch.inference_mode():
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, logits_processor=processors,
+                                stopping_criteria=StoppingCriteriaList([_Cancel()]), **kwargs)
+    seconds = (time.perf_counter() - started) / len(prompts)
+    eos_ids = set(kwargs.get("eos_token_id") or [])
+    results = []
+    for row, (prompt, _) in enumerate(prompts):
+        new_ids = [int(t) for t in output[row, width:].tolist()]
+        stopped_by = "max_tokens"
+        for k, token in enumerate(new_ids):  # after EOS a batch row holds only padding
+            if token in eos_ids:
+                new_ids, stopped_by = new_ids[:k + 1], "eos"
+                break
+        text = tokenizer.decode(new_ids, skip_special_tokens=True)
+        for stop_string in gen_cfg.stop_strings or []:
+            where = text.find(stop_string) if stop_string else -1
+            if where != -1:
+                text, stopped_by = text[:where], "stop_string"
+        if stop is not None and stop.is_set:
+            stopped_by = "cancelled"
+        results.append(GenerationResult(text=text, n_tokens=len(new_ids), seconds=seconds, first_token_seconds=None,
+                                        stopped_by=stopped_by, prompt=prompt, token_ids=new_ids))
+    return results
+
+
 # ----------------------------------------------------------------------------------------------
 # The session
 # ----------------------------------------------------------------------------------------------
@@ -579,9 +638,6 @@ class ModelSession:
         (the library's would also penalise the pad token, which is often EOS). Sampling falls back to
         one prompt at a time (a batch would draw different random numbers). ``progress(done, total)``.
         """
-        import torch
-        from transformers import LogitsProcessorList
-
         gen_cfg = gen_cfg or (self.run_config.generation if self.run_config else GenerationConfig())
         built = [self.build_prompt(p, prompt_format=prompt_format) for p in prompts]
         total = len(built)
@@ -601,47 +657,15 @@ class ModelSession:
             batch_size = 8 if self.device == "cpu" else 32
         order = sorted(range(total), key=lambda i: len(built[i][1]))
         results: list[GenerationResult | None] = [None] * total
-        penalty = float(gen_cfg.repetition_penalty or 1.0)
         done = 0
         for start in range(0, total, batch_size):
             if stop is not None:
                 stop.raise_if_set()
             chunk = order[start:start + batch_size]
-            started = time.perf_counter()
             with self.model_for(use_adapter) as model:
-                kwargs = _generation_kwargs(gen_cfg, self.tokenizer, model)
-                kwargs["repetition_penalty"] = 1.0
-                pad_id = kwargs["pad_token_id"]
-                width = max(len(built[i][1]) for i in chunk)
-                pads = [width - len(built[i][1]) for i in chunk]
-                device = next(model.parameters()).device
-                input_ids = torch.tensor([[pad_id] * p + built[i][1] for p, i in zip(pads, chunk, strict=True)],
-                                         dtype=torch.long, device=device)
-                attention_mask = torch.tensor([[0] * p + [1] * (width - p) for p in pads], dtype=torch.long,
-                                              device=device)
-                processors = LogitsProcessorList()
-                if penalty != 1.0:
-                    processors.append(_UnpaddedRepetitionPenalty(penalty, pads))
-                with torch.inference_mode():
-                    output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                            logits_processor=processors, **kwargs)
-            seconds = time.perf_counter() - started
-            eos_ids = set(kwargs.get("eos_token_id") or [])
-            for row, i in enumerate(chunk):
-                new_ids = [int(t) for t in output[row, width:].tolist()]
-                stopped_by = "max_tokens"
-                for k, token in enumerate(new_ids):  # after EOS a batch row holds only padding
-                    if token in eos_ids:
-                        new_ids, stopped_by = new_ids[:k + 1], "eos"
-                        break
-                text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-                for stop_string in gen_cfg.stop_strings or []:
-                    where = text.find(stop_string) if stop_string else -1
-                    if where != -1:
-                        text, stopped_by = text[:where], "stop_string"
-                results[i] = GenerationResult(text=text, n_tokens=len(new_ids), seconds=seconds / len(chunk),
-                                              first_token_seconds=None, stopped_by=stopped_by,
-                                              prompt=built[i][0], token_ids=new_ids)
+                answers = answer_batch(model, self.tokenizer, [built[i] for i in chunk], gen_cfg, stop=stop)
+            for i, answer in zip(chunk, answers, strict=True):
+                results[i] = answer
             done += len(chunk)
             if progress:
                 progress(done, total)

@@ -133,6 +133,9 @@ def probe_prompt_ids(prompt: str, data_cfg: Any, tokenizer: Any) -> list[int]:
     return list(example.input_ids)
 
 
+PROBE_BATCH = 8  # prompts per generate call during training (pinned probes are few)
+
+
 def generate_probe_answer(model: Any, tokenizer: Any, data_cfg: Any, gen_cfg: Any, prompt: str, *,
                           max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, stop: Any = None) -> tuple[str, int]:
     """A short greedy answer to ``prompt`` from ``model`` (a plain or peft model, as it is being trained):
@@ -159,6 +162,33 @@ def generate_probe_answer(model: Any, tokenizer: Any, data_cfg: Any, gen_cfg: An
                                 use_cache=True,  # training may have switched the cache off (checkpointing)
                                 **kwargs)
     return streamer.text, int(output.shape[1] - input_ids.shape[1])
+
+
+def generate_probe_answers(model: Any, tokenizer: Any, data_cfg: Any, gen_cfg: Any, prompts: Sequence[str], *,
+                           max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                           stop: Any = None) -> list[tuple[str, int, float]]:
+    """Short greedy answers to ``prompts`` in one left-padded ``generate`` call: ``(text, n_new_tokens,
+    seconds)`` each, the same answers ``generate_probe_answer`` gives one at a time. The caller puts the
+    model in eval mode and guards the random state."""
+    import dataclasses
+
+    from core.generation import answer_batch
+
+    started = time.perf_counter()
+    built = [(prompt, probe_prompt_ids(prompt, data_cfg, tokenizer)) for prompt in prompts]
+    greedy = dataclasses.replace(gen_cfg, do_sample=False, max_new_tokens=int(max_new_tokens))
+    real = [pair for pair in built if pair[1]]
+    # use_cache: training may have switched the cache off (gradient checkpointing).
+    answers = iter(answer_batch(model, tokenizer, real, greedy, stop=stop, use_cache=True) if real else [])
+    seconds = (time.perf_counter() - started) / max(1, len(prompts))
+    out = []
+    for _, ids in built:
+        if not ids:
+            out.append(("", 0, seconds))
+        else:
+            answer = next(answers)
+            out.append((answer.text, answer.n_tokens, seconds))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- callback
@@ -196,17 +226,21 @@ def make_probe_callback(prompts: Sequence[str], *, data_cfg: Any, gen_cfg: Any, 
             model.eval()
             try:
                 with preserved_rng():
-                    for index, prompt in enumerate(prompts):
+                    # All prompts in left-padded batches (greedy answers identical to one at a time);
+                    # each answer's seconds is its batch's time shared equally.
+                    for start in range(0, len(prompts), PROBE_BATCH):
                         if stop is not None and stop.is_set:
                             break
-                        t0 = time.perf_counter()
-                        text, n_tokens = generate_probe_answer(model, tokenizer, data_cfg, gen_cfg, prompt,
-                                                               max_new_tokens=max_new_tokens, stop=stop)
-                        seconds = time.perf_counter() - t0
-                        self.total_seconds += seconds
-                        answered += 1
-                        emit(ProbeResult(step=step, prompt_index=index, prompt=prompt, answer=text,
-                                         seconds=seconds, n_tokens=n_tokens, total_seconds=self.total_seconds))
+                        batch = list(enumerate(prompts))[start:start + PROBE_BATCH]
+                        answers = generate_probe_answers(model, tokenizer, data_cfg, gen_cfg, [p for _, p in batch],
+                                                         max_new_tokens=max_new_tokens, stop=stop)
+                        for (index, prompt), (text, n_tokens, seconds) in zip(batch, answers, strict=True):
+                            if stop is not None and stop.is_set:
+                                break  # the user stopped the run (maybe while reading an answer): no more
+                            self.total_seconds += seconds
+                            answered += 1
+                            emit(ProbeResult(step=step, prompt_index=index, prompt=prompt, answer=text,
+                                             seconds=seconds, n_tokens=n_tokens, total_seconds=self.total_seconds))
             finally:
                 if was_training:
                     model.train()

@@ -232,3 +232,16 @@ def test_batched_greedy_answers_equal_one_by_one(session, penalty):
         assert [r.token_ids for r in together] == [r.token_ids for r in alone]
         assert [r.text for r in together] == [r.text for r in alone]
         assert [r.stopped_by for r in together] == [r.stopped_by for r in alone]
+
+
+def test_probe_answers_in_a_batch_equal_one_by_one(session):
+    # The training-time probes use the same batched path on the model being trained.
+    from core.probes import generate_probe_answer, generate_probe_answers
+
+    prompts = ["What is the capital of France?", "Hi", "Why is the sky blue when the sun is high?"]
+    cfg = GenerationConfig(max_new_tokens=8, do_sample=False, repetition_penalty=1.2)
+    data_cfg = session.run_config.data
+    with session.model_for(True) as model:
+        alone = [generate_probe_answer(model, session.tokenizer, data_cfg, cfg, p, max_new_tokens=8) for p in prompts]
+        together = generate_probe_answers(model, session.tokenizer, data_cfg, cfg, prompts, max_new_tokens=8)
+    assert [(text, n) for text, n, _ in together] == alone
