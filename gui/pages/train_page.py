@@ -528,7 +528,14 @@ class TrainPage(QWidget):
 
         self.summary_card = RunSummaryCard()
         self.summary_card.nextStepRequested.connect(self._on_next_step)
-        column.addWidget(self.summary_card)
+        # A one-line verdict above the curves; the whole card is the first tab under them (a card above the
+        # plots squeezed them below their minimum height in a 800-pixel window).
+        self.verdict_line = QLabel()
+        self.verdict_line.setObjectName("verdictLine")
+        self.verdict_line.setWordWrap(True)
+        self.verdict_line.setTextFormat(Qt.TextFormat.PlainText)
+        self.verdict_line.setVisible(False)
+        column.addWidget(self.verdict_line)
 
         self.plots = TrainingPlots()
         self.plots.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -554,6 +561,21 @@ class TrainPage(QWidget):
         self.coach_panel = CoachPanel()
         self.probe_strips = ProbeStrips()
         self.bottom_tabs = QTabWidget()
+        summary_page = QScrollArea()
+        summary_page.setWidgetResizable(True)
+        summary_page.setFrameShape(QFrame.Shape.NoFrame)
+        summary_inner = QWidget()
+        summary_layout = QVBoxLayout(summary_inner)
+        summary_layout.setContentsMargins(0, 0, 0, 0)
+        self.summary_placeholder = QLabel("When a run ends, what changed on held-out data is summed up here in "
+                                          "plain words, with buttons to chat with it, evaluate it or export it.")
+        self.summary_placeholder.setWordWrap(True)
+        self.summary_placeholder.setObjectName("statCaption")
+        summary_layout.addWidget(self.summary_placeholder)
+        summary_layout.addWidget(self.summary_card)
+        summary_layout.addStretch(1)
+        summary_page.setWidget(summary_inner)
+        self.bottom_tabs.addTab(summary_page, "Summary")
         self.bottom_tabs.addTab(self.probe_strips, "Probe answers")
         self.bottom_tabs.addTab(log_box, "Log")
         bottom = QSplitter(Qt.Orientation.Horizontal)
@@ -720,6 +742,10 @@ class TrainPage(QWidget):
             return
         notes = [card.advice.title for card in self.coach_panel.cards]
         self.summary_card.show_outcome(outcome, notes, has_weights=run_weights(run_dir)[0])
+        self.summary_placeholder.setVisible(False)
+        self.verdict_line.setText(outcome.headline)
+        self.verdict_line.setVisible(True)
+        self.bottom_tabs.setCurrentIndex(0)
 
     @Slot(str)
     def _on_next_step(self, action: str) -> None:
@@ -1104,6 +1130,8 @@ class TrainPage(QWidget):
     def _reset_run_view(self) -> None:
         self.error_banner.setVisible(False)
         self.summary_card.clear()
+        self.summary_placeholder.setVisible(True)
+        self.verdict_line.setVisible(False)
         self.plots.clear()
         self.coach_panel.clear()
         self.probe_strips.clear()
