@@ -5,7 +5,8 @@ It imports only torch, transformers, peft, accelerate, tokenizers and safetensor
 the app's ``core.estimate`` when they import), and says which missing package skipped which check.
 
 The model is built from the SmolLM2-135M config with random weights (speed and memory do not depend
-on the weight values); the bundled SmolLM2 weights are used instead when they are on disk. Training is
+on the weight values; the app's bundled SmolLM2 ships as a GGUF file, whose reading needs the ``gguf``
+package, which a bare GPU machine lacks). Training is
 a plain torch loop over random token batches (forward, backward, AdamW step), not the app's Trainer
 (which needs ``datasets``): it measures what the GPU does with this model, precision and method.
 
@@ -56,40 +57,23 @@ def optional(name: str):
         return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
 
 
-def bundled_weights() -> Path | None:
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "resources" / "models" / "SmolLM2-135M-Instruct",
-                      here / "resources" / "models" / "SmolLM2-135M"):
-        if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
-            return candidate
-    return None
-
-
 def build_model(smoke: bool, dtype, device: str, quantization=None):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    weights = None if smoke else bundled_weights()
-    if weights is not None:
-        kwargs = {"dtype": dtype}
-        if quantization is not None:
-            kwargs.update(quantization_config=quantization, device_map={"": device})
-        model = AutoModelForCausalLM.from_pretrained(str(weights), **kwargs)
-        source = f"bundled weights {weights.name}"
-    else:
-        config = LlamaConfig(**(SMOKE_CONFIG if smoke else SMOLLM2_CONFIG))
-        torch.manual_seed(0)
-        if quantization is not None:
-            # 4-bit needs a checkpoint to quantize on load: save the random model once, reload quantized.
-            import tempfile
+    config = LlamaConfig(**(SMOKE_CONFIG if smoke else SMOLLM2_CONFIG))
+    torch.manual_seed(0)
+    if quantization is not None:
+        # 4-bit needs a checkpoint to quantize on load: save the random model once, reload quantized.
+        import tempfile
 
-            folder = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-            LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, quantization_config=quantization,
-                                                         device_map={"": device})
-        else:
-            model = LlamaForCausalLM(config).to(dtype)
-        source = "random weights, SmolLM2-135M shape" if not smoke else "random weights, tiny smoke shape"
+        folder = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+        LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, quantization_config=quantization,
+                                                     device_map={"": device})
+    else:
+        model = LlamaForCausalLM(config).to(dtype)
+    source = "random weights, tiny smoke shape" if smoke else "random weights, SmolLM2-135M shape"
     if quantization is None:
         model = model.to(device)
     return model, source
