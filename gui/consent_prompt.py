@@ -46,3 +46,16 @@ def offer_consent(parent: QWidget | None, exc: object) -> bool:
     """After a load stopped with ConsentRequired (found before any of the model's code ran): ask; True when the
     user allowed it, so the caller may try again."""
     return isinstance(exc, ConsentRequired) and ask_consent(parent, exc.model, exc.kind)
+
+
+def confirm_run_consents(parent: QWidget | None, run_dir) -> bool:
+    """Before loading a run's model (Chat, Evaluate): ``confirm_consents`` for the model its settings name; a run's
+    config.yaml only asks, never grants. True when an unreadable config (it fails later with its own message)."""
+    from core.errors import StudioError
+    from core.runs import load_run_config
+
+    try:
+        model_cfg = load_run_config(run_dir).model
+    except StudioError:
+        return True
+    return confirm_consents(parent, model_cfg)

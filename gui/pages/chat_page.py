@@ -44,6 +44,7 @@ from core.config import GenerationConfig, field_meta
 from core.generation import stop_reason
 from gui import plain
 from gui.chat_workers import ChatAnswer, ChatPaneThread, ChatRequest, ChatStatus, SharedSessions, TokenChunk
+from gui.consent_prompt import confirm_run_consents
 from gui.widgets.help_button import HelpButton
 from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
@@ -493,7 +494,7 @@ class ChatPage(QWidget):
         if self.is_busy:
             self.stop()
         run_dir = self.run_combo.currentData()
-        if run_dir and not _consented(self, run_dir):
+        if run_dir and not confirm_run_consents(self, run_dir):
             return None
         sources = self._run_sources()
         if self.blind_mode and not self._start_blind_prompt(sources):
@@ -871,17 +872,3 @@ class ChatPage(QWidget):
         if ok:
             self._threads.clear()
         return ok
-
-
-def _consented(parent, run_dir) -> bool:
-    """Before loading a run's model: ask for each permission (remote code, pickled weights) its settings request
-    and the user has not given on this machine; a run's config.yaml never grants it by itself."""
-    from core.errors import StudioError
-    from core.runs import load_run_config
-    from gui.consent_prompt import confirm_consents
-
-    try:
-        model_cfg = load_run_config(run_dir).model
-    except StudioError:
-        return True  # an unreadable config fails later with its own message
-    return confirm_consents(parent, model_cfg)

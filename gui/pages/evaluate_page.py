@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 from core.glossary import GLOSSARY, explain, format_metric
 from gui import plain
 from gui.chat_workers import TaskOutcome, TaskProgress, TaskRunner
+from gui.consent_prompt import confirm_run_consents
 from gui.widgets.help_button import HelpButton
 from gui.widgets.page_heading import compact_page_layout
 from gui.widgets.run_picker import FINAL as _FINAL
@@ -483,7 +484,7 @@ class EvaluatePage(QWidget):
         run_dir = self.run_combo.currentData()
         if not run_dir or self._task.is_busy:
             return
-        if not _consented(self, run_dir):
+        if not confirm_run_consents(self, run_dir):
             return
         checkpoint = self.checkpoint_combo.currentData()
         checkpoint = None if checkpoint in (None, _FINAL) else checkpoint
@@ -705,17 +706,3 @@ class EvaluatePage(QWidget):
     def shutdown(self, timeout_ms: int = 30000) -> bool:
         """Cancel a running evaluation and wait for its thread."""
         return self._task.shutdown(timeout_ms)
-
-
-def _consented(parent, run_dir) -> bool:
-    """Before loading a run's model: ask for each permission (remote code, pickled weights) its settings request
-    and the user has not given on this machine; a run's config.yaml never grants it by itself."""
-    from core.errors import StudioError
-    from core.runs import load_run_config
-    from gui.consent_prompt import confirm_consents
-
-    try:
-        model_cfg = load_run_config(run_dir).model
-    except StudioError:
-        return True  # an unreadable config fails later with its own message
-    return confirm_consents(parent, model_cfg)
