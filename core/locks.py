@@ -13,6 +13,7 @@ through ``FINETUNE_STUDIO_RUN_LOCK`` instead of taking the lock again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 
 from core.errors import StudioError
+
+logger = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
 # Set for child processes (the ranks of a multi-process run) by the process holding the lock.
@@ -157,8 +160,8 @@ class RunLock:
                 try:
                     os.replace(self.path, aside)
                     aside.unlink(missing_ok=True)
-                except OSError:
-                    pass
+                except OSError as exc:  # another taker moved it first: the loop retries the exclusive create
+                    logger.debug("stale lock %s already taken: %s", self.path, exc)
                 continue
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 handle.write(json.dumps(self._info()) + "\n")
@@ -170,8 +173,8 @@ class RunLock:
         if self._handle is not None:
             try:
                 self.path.unlink(missing_ok=True)
-            except OSError:
-                pass
+            except OSError as exc:  # the flock, released below, is what protects the run; the file is a label
+                logger.debug("cannot remove the lock file %s: %s", self.path, exc)
             self._handle.close()  # closing releases the flock
             self._handle = None
         elif self._owned_file:

@@ -201,8 +201,8 @@ def _answer_text(value: Any, column: str) -> str:
     if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
+        except json.JSONDecodeError:  # text that merely starts with a bracket: keep it as the answer text
+            logger.debug("answer in column %s is text, not JSON", column)
     if isinstance(value, list) and value:
         value = value[-1]
     if isinstance(value, dict):

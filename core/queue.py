@@ -172,8 +172,8 @@ def claimed(run_dir: str | os.PathLike) -> Iterator[bool]:
             import psutil
 
             started = psutil.Process(os.getpid()).create_time()
-        except Exception:  # psutil missing: the pid alone identifies the claim
-            pass
+        except Exception as exc:  # psutil missing or refused: the pid alone identifies the claim (safe)
+            logger.debug("no process start time for the queue claim: %s", exc)
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump({"pid": os.getpid(), "started": started}, out)
         try:
