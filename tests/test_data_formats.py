@@ -328,10 +328,11 @@ def test_length_stats_know_their_rows():
     stats = LengthStats.from_lengths(lengths, 256, rows)
     assert stats.longest(2) == [(6, 1419), (9, 300)] and stats.truncated_rows() == [6, 9]
     assert stats.p99 == 1419 and stats.p95 == 1419
-    many = [20 + i % 30 for i in range(200)] + [5000]
+    outlier_tokens = 5000  # a token length, not a time: one planted outlier past the p99 clip
+    many = [20 + i % 30 for i in range(200)] + [outlier_tokens]
     stats = LengthStats.from_lengths(many, 64, list(range(1, 202)))
     bars = stats.histogram(10)
-    assert bars.overflow_from == stats.p99 < 5000 and bars.overflow_rows == [201]
+    assert bars.overflow_from == stats.p99 < outlier_tokens and bars.overflow_rows == [201]
     assert sum(bars.counts) + len(bars.overflow_rows) == 201 and len(bars.edges) == len(bars.counts) + 1
     assert sorted(r for bar in bars.rows for r in bar) == list(range(1, 201))
 

@@ -813,25 +813,13 @@ class DataPage(ErrorBannerHost, QWidget):
 
     def _update_counts(self, result: Analysis) -> None:
         """One honest line: rows in the file · bad · usable · train / held-out (all from the same read)."""
-        if result.summary is not None:
+        if result.summary is not None:  # always set by analyse_dataset (core.data.summarize_records)
             summary = result.summary
             summary.skip_bad_rows = bool(self.state.config.data.skip_bad_rows)
             extra = ""
             if result.n_usable < summary.n_usable:  # the template could not render some rows
                 extra = f" · {summary.n_usable - result.n_usable:,} cannot be rendered (see Bad rows)"
             self.count_label.setText(summary.line() + extra)
-            return
-        from core.data import split_indices
-
-        data_cfg = self.state.config.data
-        rows_read = result.n_rows + len(result.bad_rows)
-        scope = f" (first {ANALYSE_ROWS:,} rows analysed)" if result.limited else ""
-        train, held_out = split_indices(result.n_rows, data_cfg.test_fraction, data_cfg.split_seed)
-        bad = len(result.bad_rows)
-        bad_text = (f"{bad:,} bad ({'skipped' if data_cfg.skip_bad_rows else 'not skipped: training would stop'})"
-                    if bad else "0 bad")
-        self.count_label.setText(f"{rows_read:,} rows{scope} · {bad_text} · {result.n_rows:,} usable · "
-                                 f"{len(train):,} train / {len(held_out):,} held-out")
 
     def _example_line(self, result: Analysis, index: int) -> str:
         label = result.row_label
