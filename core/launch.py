@@ -270,19 +270,24 @@ class _TolerantStream:
         return getattr(self._stream, name)
 
 
-def _watch_parent(stop: StopToken, gone: threading.Event, interval: float = 0.5) -> None:
-    """Request a stop once the launching process (PARENT_ENV) has ended."""
+def _launching_parent_alive() -> bool:
+    """Whether the launching process (PARENT_ENV) still runs (True when none is named)."""
     from core.runs import _pid_alive
 
-    value = os.environ.get(PARENT_ENV, "")
-    pid_text, _, started_text = value.partition(":")
+    pid_text, _, started_text = os.environ.get(PARENT_ENV, "").partition(":")
     if not pid_text.isdigit():
+        return True
+    return _pid_alive(int(pid_text), float(started_text) if started_text else None)
+
+
+def _watch_parent(stop: StopToken, gone: threading.Event, interval: float = 0.5) -> None:
+    """Request a stop once the launching process (PARENT_ENV) has ended."""
+    if not os.environ.get(PARENT_ENV, "").partition(":")[0].isdigit():
         return
-    pid, started = int(pid_text), (float(started_text) if started_text else None)
 
     def watch() -> None:
         while not gone.is_set():
-            if not _pid_alive(pid, started):
+            if not _launching_parent_alive():
                 gone.set()
                 stop.request("the launching command ended")
                 return
@@ -315,7 +320,9 @@ def worker(config_path: str, run_dir: str) -> int:
     # which is what makes a multi-process run resumable.
     sinks = [ConsoleSink(stream=sys.stdout)] if rank == 0 else []
     result = train(cfg, run_dir=run_dir, sinks=sinks, stop=stop)
-    if parent_gone.is_set() and result.state == "stopped" and rank == 0:
+    # The parent's death can reach a rank first as a SIGINT or a broken pipe, before the watcher's next look:
+    # ask again now, so such a stop is still recorded as "interrupted".
+    if (parent_gone.is_set() or not _launching_parent_alive()) and result.state == "stopped" and rank == 0:
         from core import runs
 
         last = runs.latest_checkpoint(run_dir)

@@ -584,7 +584,11 @@ def test_killing_the_parent_of_launch_leaves_the_run_interrupted_and_resumable(t
         parent.stdout.close()
     assert PARENT_ENV  # the ranks watch the parent named there
     deadline = time.monotonic() + 300  # a guard against hanging, not a speed assertion
-    while read_status(run).get("state") == "running":
+    from core.locks import holder_alive, read_holder
+
+    # Wait for the ranks to end (they hold the run's lock until then): rank 0 writes "stopped" from train() and
+    # then "interrupted"; reading in between was a race.
+    while read_status(run).get("state") == "running" or holder_alive(read_holder(run) or {}):
         assert time.monotonic() < deadline, "the ranks never noticed their parent was gone"
         time.sleep(0.5)
     status = read_status(run)
