@@ -361,6 +361,16 @@ def _dpo_log_callback(sinks):
     return PreferenceLog()
 
 
+def _studio_dpo_trainer(dpo_trainer_class):
+    """TRL's DPOTrainer with the studio Trainer's checkpoint handling (core.training.trainer_class): its
+    ``_save_checkpoint`` writes the COMPLETE marker resume looks for (without it a stopped DPO run had no
+    resumable checkpoint), and its loading is strict. DPOTrainer comes first in the method order, so its
+    loss, evaluation and logging are TRL's own; the studio's supervised-loss fast path is never reached."""
+    from core.training import trainer_class
+
+    return type("StudioDPOTrainer", (dpo_trainer_class, trainer_class()), {})
+
+
 def dpo_train_steps(cfg, run_dir: Path, sinks, stop, extra_callbacks, resume_from: Path | None,
                     prior_elapsed: float, probes=None):
     """The DPO recipe, the same shape as core.training's: device -> pairs -> model (+ SFT adapter) ->
@@ -444,10 +454,15 @@ def dpo_train_steps(cfg, run_dir: Path, sinks, stop, extra_callbacks, resume_fro
     studio_callback.total_steps = _planned_steps(dpo_args, len(train_dataset))
     studio_callback.eval_examples = len(eval_dataset) if eval_dataset is not None else 0
     preference_log = _dpo_log_callback(sinks)
-    trainer = DPOTrainer(model=model, args=dpo_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=[studio_callback, preference_log, *extra_callbacks])
+    trainer = _studio_dpo_trainer(DPOTrainer)(
+        model=model, args=dpo_args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
+        callbacks=[studio_callback, preference_log, *extra_callbacks])
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    # The studio's checkpoint handling, as for supervised runs: COMPLETE marker, config copy, rotation that
+    # keeps the best checkpoint, disk-space check, strict adapter loading on resume.
+    trainer.studio_take_over_rotation(run_dir)
+    trainer.studio_notice = lambda message: _emit_status(sinks, StatusEvent("running", message, phase="saving"))
     if resume_from is None and eval_dataset is not None and cfg.training.eval_before_training:
         studio_callback.eval_started(trainer.state)
         trainer.evaluate()

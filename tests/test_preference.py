@@ -115,3 +115,80 @@ def test_dpo_from_an_sft_adapter_learns_the_votes_and_loads_in_plain_peft(tiny_m
     assert not (run / "final" / "ref").exists()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(run / "final"))
     assert list(model.peft_config) == ["default"]
+
+
+def _pairs_file(path, n=24):
+    """``n`` prompt/chosen/rejected rows (the good answer is always chosen)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(n):
+            handle.write(json.dumps({"prompt": QUESTIONS[i % 5] + f" ({i})", "chosen": GOOD[i % 5],
+                                     "rejected": BAD[i % 5]}) + "\n")
+    return path
+
+
+def _dpo_config(model_dir, data):
+    from core.config import RunConfig
+
+    cfg = RunConfig(name="dpo")
+    cfg.model.name_or_path = str(model_dir)
+    cfg.data.source = str(data)
+    cfg.data.test_fraction = 0.2
+    cfg.method.method = "dpo"
+    cfg.method.lora_r, cfg.method.lora_alpha = 4, 8
+    cfg.method.lora_dropout = 0.1  # uses the random-number state, which the checkpoint must restore
+    t = cfg.training
+    t.max_steps, t.batch_size, t.max_length = 6, 4, 64
+    t.eval_steps = t.save_steps = 2
+    t.logging_steps = 1
+    t.learning_rate, t.warmup_ratio, t.max_eval_examples = 5e-3, 0.0, 0
+    t.device = "cpu"
+    return cfg
+
+
+def test_dpo_stopped_midway_resumes_to_the_same_end(tiny_model_dir, tmp_path, isolated_home):
+    """A DPO run stopped through the GUI's cancel mechanism (core.cancel.StopToken) is 'stopped' with a complete
+    checkpoint; resume finishes it at the same step with the same losses and rewards as an uninterrupted run
+    (1e-6 relative: the same bound as the supervised methods in test_faults)."""
+    from transformers import TrainerCallback
+
+    from core.cancel import StopToken
+    from core.runs import latest_checkpoint, read_metrics, read_status
+    from core.training import resume, train
+
+    data = _pairs_file(tmp_path / "pairs.jsonl")
+    cfg = _dpo_config(tiny_model_dir, data)
+    cfg.name = "whole"
+    whole = train(cfg, workspace=tmp_path / "ws")
+    assert whole.state == "finished" and whole.global_step == 6
+
+    stop = StopToken()
+
+    class StopAtStepTwo(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                stop.request("stopped by the user")
+
+    cfg.name = "stopped"
+    stopped = train(cfg, workspace=tmp_path / "ws", stop=stop, extra_callbacks=[StopAtStepTwo()])
+    # The studio callback checks the token at the end of each step: it sees the request at step 3.
+    assert stopped.state == "stopped" and stopped.global_step == 3
+    status = read_status(stopped.run_dir)
+    assert status["state"] == "stopped" and "resume from checkpoint-3" in status["message"]
+    assert latest_checkpoint(stopped.run_dir).name == "checkpoint-3"
+    assert not (stopped.run_dir / "final").exists()
+
+    resumed = resume(stopped.run_dir)
+    assert resumed.state == "finished" and resumed.global_step == 6
+    assert read_status(resumed.run_dir)["state"] == "finished"
+
+    def by_step(run_dir, kind, key, split=None):
+        return {r["step"]: r[key] for r in read_metrics(run_dir)
+                if r.get("kind") == kind and (split is None or r.get("split") == split) and r.get(key) is not None}
+
+    for kind, key, split in (("train", "loss", None), ("eval", "eval_loss", None),
+                             ("preference", "reward_margin", "train"), ("preference", "reward_accuracy", "train"),
+                             ("preference", "chosen_reward", "train"), ("preference", "reward_margin", "eval")):
+        expected, got = by_step(whole.run_dir, kind, key, split), by_step(resumed.run_dir, kind, key, split)
+        assert expected and sorted(got) == sorted(expected), (kind, key, split)
+        for step in expected:
+            assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-9), (kind, key, split, step)
