@@ -83,6 +83,48 @@ class ProbeResult:
         return {"kind": "probe", **{key: _json_safe(value) for key, value in dataclasses.asdict(self).items()}}
 
 
+@dataclass(frozen=True)
+class PreferencePoint:
+    """One DPO log (core.preference writes it to metrics.jsonl as ``{"kind": "preference", ...}``): the
+    implicit rewards of the chosen and the rejected answers (beta x how much more likely the tuned model makes
+    each than the reference model), their difference (the margin) and the share of pairs whose chosen answer
+    gets the higher reward (the accuracy), on the training batches (``split="train"``) or held-out pairs."""
+
+    split: str  # "train" | "eval"
+    step: int
+    loss: float | None = None
+    reward_margin: float | None = None
+    reward_accuracy: float | None = None
+    chosen_reward: float | None = None
+    rejected_reward: float | None = None
+    chosen_logp: float | None = None
+    rejected_logp: float | None = None
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict:
+        return {"kind": "preference", **{key: _json_safe(value) for key, value in dataclasses.asdict(self).items()}}
+
+    @classmethod
+    def from_record(cls, record: dict) -> PreferencePoint | None:
+        """The point of a ``{"kind": "preference"}`` record (a metrics.jsonl line); None for other records."""
+        if record.get("kind") != "preference" or record.get("step") is None:
+            return None
+
+        def number(value: Any) -> float | None:
+            if value is None or isinstance(value, bool):
+                return None
+            try:
+                return float(value)  # "nan" / "inf" strings (JsonlSink's JSON-safe form) come back as floats
+            except (TypeError, ValueError):
+                return None
+
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("split", "step", "time")]
+        values = {name: number(record.get(name)) for name in names}
+        when = number(record.get("time"))
+        return cls(split=str(record.get("split") or "train"), step=int(record["step"]), **values,
+                   **({"time": when} if when is not None else {}))
+
+
 @runtime_checkable
 class MetricsSink(Protocol):
     """Anything that receives metric points and status events. A sink may also define
@@ -267,11 +309,13 @@ class CallbackSink:
     def __init__(self, on_metric: Callable[[MetricPoint], None] | None = None,
                  on_status: Callable[[StatusEvent], None] | None = None,
                  on_probe: Callable[[ProbeResult], None] | None = None,
-                 on_advice: Callable[[Any], None] | None = None):
+                 on_advice: Callable[[Any], None] | None = None,
+                 on_preference: Callable[[PreferencePoint], None] | None = None):
         self._on_metric = on_metric
         self._on_status = on_status
         self._on_probe = on_probe
         self._on_advice = on_advice
+        self._on_preference = on_preference
 
     def on_metric(self, point: MetricPoint) -> None:
         if self._on_metric is not None:
@@ -288,3 +332,12 @@ class CallbackSink:
     def on_advice(self, advice: Any) -> None:
         if self._on_advice is not None:
             self._on_advice(advice)
+
+    def on_record(self, record: dict) -> None:
+        """A free-form record (core.preference's DPO logs): preference records reach ``on_preference`` as a
+        frozen PreferencePoint, so nothing mutable crosses to the receiving thread."""
+        if self._on_preference is None:
+            return
+        point = PreferencePoint.from_record(record)
+        if point is not None:
+            self._on_preference(point)

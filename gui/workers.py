@@ -27,7 +27,7 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from core.cancel import StopToken
 from core.config import RunConfig
-from core.metrics import CallbackSink, MetricPoint, ProbeResult, StatusEvent
+from core.metrics import CallbackSink, MetricPoint, PreferencePoint, ProbeResult, StatusEvent
 from gui.import_lock import heavy_imports_lock, heavy_libraries_imported, import_heavy_libraries, no_gc_during_import
 from gui.tasks import GuardedWorker
 
@@ -98,7 +98,7 @@ def _revive_numbers(record: dict) -> dict:
             for key, value in record.items()}
 
 
-def record_to_event(record: dict) -> MetricPoint | StatusEvent | ProbeResult | None:
+def record_to_event(record: dict) -> MetricPoint | StatusEvent | ProbeResult | PreferencePoint | None:
     """A metrics.jsonl line (dict) as the object a single-process run hands its sinks; None if unknown."""
     kind = record.get("kind")
     try:
@@ -108,6 +108,8 @@ def record_to_event(record: dict) -> MetricPoint | StatusEvent | ProbeResult | N
             return StatusEvent(**{k: v for k, v in record.items() if k in _STATUS_FIELDS})
         if kind == "probe":
             return ProbeResult(**{k: v for k, v in _revive_numbers(record).items() if k in _PROBE_FIELDS})
+        if kind == "preference":
+            return PreferencePoint.from_record(record)
     except TypeError:
         return None  # a line missing a required field (another version wrote it): skip it
     return None
@@ -158,6 +160,7 @@ class TrainingWorker(GuardedWorker):
     metric = Signal(object)  # core.metrics.MetricPoint
     status = Signal(object)  # core.metrics.StatusEvent
     probe = Signal(object)  # core.metrics.ProbeResult
+    preference = Signal(object)  # core.metrics.PreferencePoint (DPO runs: rewards and reward accuracy)
     logLine = Signal(str)  # output of launched processes
     runDirReady = Signal(object)  # Path of the run folder, as soon as it exists
     # succeeded(core.training.RunResult) / failed(exception) / done come from GuardedWorker.
@@ -174,7 +177,8 @@ class TrainingWorker(GuardedWorker):
         from core import training
         from core.runs import create_run_dir
 
-        sink = CallbackSink(on_metric=self.metric.emit, on_status=self.status.emit, on_probe=self.probe.emit)
+        sink = CallbackSink(on_metric=self.metric.emit, on_status=self.status.emit, on_probe=self.probe.emit,
+                            on_preference=self.preference.emit)
         job = self.job
         probes = list(job.probes) or None
         if job.mode == "resume":
@@ -238,7 +242,7 @@ class TrainingWorker(GuardedWorker):
         return outcome["result"]
 
     def emit_records(self, records: list[dict]) -> None:
-        """Emit metrics.jsonl records as MetricPoint / StatusEvent / ProbeResult signals."""
+        """Emit metrics.jsonl records as MetricPoint / StatusEvent / ProbeResult / PreferencePoint signals."""
         for record in records:
             event = record_to_event(record)
             if isinstance(event, MetricPoint):
@@ -247,6 +251,8 @@ class TrainingWorker(GuardedWorker):
                 self.status.emit(event)
             elif isinstance(event, ProbeResult):
                 self.probe.emit(event)
+            elif isinstance(event, PreferencePoint):
+                self.preference.emit(event)
 
 
 class _PreloadWorker(QObject):
@@ -266,13 +272,15 @@ class TrainingController(QObject):
     """Owns the training thread: start, stop (cooperative), resume, wait. Signals arrive on the GUI thread.
 
     Signals:
-      metricReceived(MetricPoint), statusReceived(StatusEvent), runStarted(Path run_dir),
+      metricReceived(MetricPoint), statusReceived(StatusEvent), preferenceReceived(PreferencePoint: DPO rewards),
+      runStarted(Path run_dir),
       runFinished(RunResult), runFailed(exception), busyChanged(bool), preloaded(object seconds | exception)
     """
 
     metricReceived = Signal(object)
     statusReceived = Signal(object)
     probeReceived = Signal(object)
+    preferenceReceived = Signal(object)
     logLine = Signal(str)
     runStarted = Signal(object)
     runFinished = Signal(object)
@@ -354,6 +362,7 @@ class TrainingController(QObject):
         worker.metric.connect(self.metricReceived)
         worker.status.connect(self.statusReceived)
         worker.probe.connect(self.probeReceived)
+        worker.preference.connect(self.preferenceReceived)
         worker.logLine.connect(self.logLine)
         worker.runDirReady.connect(self._on_run_dir)
         worker.succeeded.connect(self.runFinished)

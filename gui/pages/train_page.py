@@ -276,6 +276,7 @@ class TrainPage(QWidget):
         c.busyChanged.connect(self._on_busy_changed)
         c.preloaded.connect(self._on_preloaded)
         c.probeReceived.connect(self._on_probe)
+        c.preferenceReceived.connect(self._on_preference)
         c.logLine.connect(self._on_launch_line)
         self.coach_panel.applyRequested.connect(self.apply_advice)
         self.plots.stepClicked.connect(self.offer_checkpoint_chat)
@@ -700,12 +701,15 @@ class TrainPage(QWidget):
         run_dir = Path(run_dir)
         self._reset_run_view()
         self.current_run_dir = run_dir
-        records = [r for r in read_metrics(run_dir) if r.get("kind") in ("train", "eval")]
+        everything = read_metrics(run_dir)
+        records = [r for r in everything if r.get("kind") in ("train", "eval")]
         self.plots.add_points(records)
         try:
-            self.coach = Coach(load_run_config(run_dir))
+            config = load_run_config(run_dir)
         except StudioError:
-            self.coach = Coach()
+            config = None
+        self.coach = Coach(config) if config is not None else Coach()
+        self._show_preference_records(everything, config)
         for advice in self.coach.review(records):
             self.coach_panel.add_advice(advice)
         for record in read_probes(run_dir):
@@ -714,6 +718,14 @@ class TrainPage(QWidget):
         self._show_run_markers(run_dir)
         self._show_run_outcome(run_dir)
         self.plots.redraw()
+
+    def _show_preference_records(self, records: list[dict], config) -> None:
+        """The reward plots of a reopened or resumed DPO run: its ``{"kind": "preference"}`` lines of
+        metrics.jsonl (shown empty for a DPO run that logged none yet; hidden for supervised runs)."""
+        preference = [r for r in records if r.get("kind") == "preference"]
+        is_dpo = config is not None and config.method.method == "dpo"
+        self.plots.show_preference(is_dpo or bool(preference))
+        self.plots.add_points(preference)
 
     def _show_run_outcome(self, run_dir: Path) -> None:
         """The progress bar of a reopened run says how it ended, not "Starting…"."""
@@ -839,6 +851,8 @@ class TrainPage(QWidget):
         self._estimate_timer.stop()
         self._reset_run_view()
         self.coach = Coach(self.state.config)
+        # A DPO run shows its reward plots from the start (empty until the first log).
+        self.plots.show_preference(self.state.config.method.method == "dpo")
         processes = self.processes_spin.value()
         probes = self.probe_editor.prompts() if processes == 1 else []
         self._log("Starting a new run with the current settings"
@@ -902,18 +916,20 @@ class TrainPage(QWidget):
         from core.runs import read_metrics
 
         try:
+            config = load_run_config(run_dir)
+        except StudioError:
+            config = None
+        try:
             # Redraw the curves so far, so the resumed run continues the same lines.
-            self.plots.add_points(record for record in read_metrics(run_dir) if record.get("kind") != "status")
+            earlier = read_metrics(run_dir)
+            self.plots.add_points(record for record in earlier if record.get("kind") in ("train", "eval"))
+            self._show_preference_records(earlier, config)
             self.plots.redraw()
         except (OSError, ValueError) as exc:
             self._log(f"Could not read the earlier metrics: {exc}")
         from core.coach import Coach
-        from core.runs import load_run_config
 
-        try:
-            self.coach = Coach(load_run_config(run_dir))
-        except StudioError:
-            self.coach = Coach()
+        self.coach = Coach(config) if config is not None else Coach()
         self.current_run_dir = run_dir
         self._refresh_checkpoint_markers(force=True)
         self._log(f"Resuming {run_dir.name} from its latest checkpoint.")
@@ -1224,6 +1240,14 @@ class TrainPage(QWidget):
             self._set_run_state(state)
             if state == "finished":
                 self.progress_bar.setValue(1000)
+
+    @Slot(object)
+    def _on_preference(self, point) -> None:
+        """A DPO log (core.metrics.PreferencePoint): the reward plots get it; held-out results go to the log."""
+        self.plots.add_point(point)
+        if point.split == "eval" and point.reward_accuracy is not None:
+            margin = f", reward margin {point.reward_margin:+.3f}" if point.reward_margin is not None else ""
+            self._log(f"step {point.step}: held-out reward accuracy {point.reward_accuracy:.2f}{margin}")
 
     @Slot(object)
     def _on_probe(self, result) -> None:

@@ -1,4 +1,5 @@
-"""Live training curves: loss (train + eval), learning rate and gradient norm.
+"""Live training curves: loss (train + eval), learning rate and gradient norm; for preference tuning (DPO)
+also the rewards of the chosen and rejected answers with their margin, and the reward accuracy.
 
 Points arrive one by one from the training worker (through a Qt signal, on the GUI thread). They are
 appended to numpy buffers that grow by doubling, and a single-shot QTimer coalesces redraws so the
@@ -17,14 +18,18 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
+    QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
     QRadioButton,
     QSlider,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
+
+from core.metrics import PreferencePoint
 
 REDRAW_INTERVAL_MS = 100  # at most ~10 redraws per second
 # The learning-rate and gradient-norm plots change slowly: live updates redraw them at most twice a
@@ -40,8 +45,27 @@ TRAIN_RAW_COLOR = (47, 111, 214, 70)
 EVAL_COLOR = "#e0702b"
 LR_COLOR = "#2a9d8f"
 GRAD_COLOR = "#8e5bd6"
+MARGIN_COLOR = "#1b7f3b"
+CHOSEN_COLOR = "#2f6fd6"
+REJECTED_COLOR = "#d1495b"
+ACCURACY_COLOR = "#8e5bd6"
 CHECKPOINT_COLOR = "#f2c14e"
 BEST_COLOR = "#ffd000"
+
+REWARDS_HELP = (
+    "Preference tuning (DPO) scores each answer with a reward: beta × how much more likely the model being "
+    "trained makes that answer than the reference model (the model training started from).\n"
+    "• Margin = chosen reward − rejected reward. A rising margin means the model prefers the chosen answers "
+    "over the rejected ones more and more.\n"
+    "• Both rewards often fall together (the model makes both answers less likely); what counts is the gap.\n"
+    "• A margin that keeps shooting up while the held-out dots stay flat means the model memorises the "
+    "training pairs.\nLines: training batches. Dots: held-out pairs.")
+ACCURACY_HELP = (
+    "Reward accuracy: the share of pairs whose chosen answer gets a higher reward than the rejected one "
+    "(0 to 1). 0.5 is a coin toss. Before training both models are the same, every reward is 0 and the accuracy "
+    "reads 0 (a tie is no win).\n"
+    "On training pairs it usually climbs towards 1 quickly; the held-out dots show whether the preference "
+    "carries over to prompts the model has not trained on.")
 
 
 class StepAxis(pg.AxisItem):
@@ -354,10 +378,19 @@ class TrainingPlots(QWidget):
         self.loss_plot.addItem(self._empty_text, ignoreBounds=True)
         self._empty_text.setPos(0.5, 0.5)
 
-        small = QHBoxLayout()
+        small_box = QWidget()
+        small = QHBoxLayout(small_box)
         small.setContentsMargins(0, 0, 0, 0)
         small.addWidget(self.lr_plot)
         small.addWidget(self.grad_plot)
+        self.preference_box = self._build_preference_plots(line)
+        # The plots under the loss: learning rate and gradient norm; a DPO run adds a first tab with its rewards
+        # (a third row of plots squeezed the summary below them out of a 800-pixel window). With one tab the
+        # tab bar hides itself, so supervised runs look as before.
+        self.lower_tabs = QTabWidget()
+        self.lower_tabs.setDocumentMode(True)
+        self.lower_tabs.setTabBarAutoHide(True)
+        self.lower_tabs.addTab(small_box, "Learning rate · gradient norm")
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -365,12 +398,108 @@ class TrainingPlots(QWidget):
         layout.addLayout(self.legend_row)
         layout.addWidget(self.readout)
         layout.addWidget(self.loss_plot, 3)
-        layout.addLayout(small, 2)
+        layout.addWidget(self.lower_tabs, 2)
         self._update_axis_labels()
+
+    def _build_preference_plots(self, line) -> QWidget:
+        """Rewards (margin, chosen, rejected) and reward accuracy of a DPO run, with their legend; hidden
+        until the run is a preference run (``show_preference``)."""
+        box = QFrame()
+        box.setObjectName("preferencePlots")
+        box.hide()  # until show_preference puts it in its tab
+        column = QVBoxLayout(box)
+        column.setContentsMargins(0, 4, 0, 0)
+        column.setSpacing(2)
+        legend = QHBoxLayout()
+        legend.setContentsMargins(0, 0, 0, 0)
+        legend.setSpacing(14)
+        self.preference_legend: list[QWidget] = []
+        for color, text, symbol, tip in (
+                (MARGIN_COLOR, "margin (chosen − rejected)", "", "Rising: the chosen answers win more clearly."),
+                (CHOSEN_COLOR, "chosen reward", "", "Reward of the preferred answers."),
+                (REJECTED_COLOR, "rejected reward", "", "Reward of the rejected answers."),
+                (ACCURACY_COLOR, "reward accuracy", "", "Share of pairs whose chosen answer wins (0 to 1)."),
+                ("#555", "held-out pairs", "●", "Dots: the same numbers on held-out pairs.")):
+            entry = _swatch(color, text, symbol=symbol)
+            entry.setToolTip(tip)
+            self.preference_legend.append(entry)
+            legend.addWidget(entry)
+        legend.addStretch(1)
+        column.addLayout(legend)
+
+        self.reward_plot = pg.PlotWidget(axisItems={"bottom": StepAxis(orientation="bottom")})
+        self.reward_plot.setTitle("Rewards: chosen vs rejected", size="10pt")
+        self.reward_plot.showGrid(x=False, y=False)
+        self.reward_plot.setToolTip(REWARDS_HELP)
+        self.reward_plot.getAxis("left").enableAutoSIPrefix(False)
+        # Zero: the answer is exactly as likely as under the reference model.
+        self.reward_plot.addItem(pg.InfiniteLine(pos=0.0, angle=0, movable=False,
+                                                 pen=pg.mkPen("#999", width=1, style=Qt.PenStyle.DotLine)),
+                                 ignoreBounds=True)
+        self.accuracy_plot = pg.PlotWidget(axisItems={"bottom": StepAxis(orientation="bottom")})
+        self.accuracy_plot.setTitle("Reward accuracy (0 to 1)", size="10pt")
+        self.accuracy_plot.showGrid(x=False, y=False)
+        self.accuracy_plot.setToolTip(ACCURACY_HELP)
+        self.accuracy_plot.setYRange(0.0, 1.0, padding=0.05)
+        self.accuracy_plot.enableAutoRange(axis="y", enable=False)
+        self.accuracy_plot.setMouseEnabled(x=True, y=False)
+        self.accuracy_plot.getAxis("left").setTicks([[(0.0, "0"), (0.5, "0.5"), (1.0, "1")]])
+        chance = pg.InfiniteLine(pos=0.5, angle=0, movable=False, label="chance",
+                                 pen=pg.mkPen("#999", width=1, style=Qt.PenStyle.DashLine),
+                                 labelOpts={"position": 0.05, "color": "#777", "anchors": [(0, 1), (0, 1)]})
+        self.accuracy_plot.addItem(chance, ignoreBounds=True)
+        for plot in (self.reward_plot, self.accuracy_plot):
+            plot.setMinimumHeight(120)
+
+        def dots(plot: pg.PlotWidget, color) -> pg.PlotDataItem:
+            return plot.plot(pen=None, symbol="o", symbolSize=7, symbolBrush=color, symbolPen=pg.mkPen("w", width=1))
+
+        # (split, field) -> curve; the train split as lines, held-out pairs as dots.
+        self.preference_curves: dict[tuple[str, str], _Curve] = {
+            ("train", "reward_margin"): _Curve(line(self.reward_plot, MARGIN_COLOR, None)),
+            ("train", "chosen_reward"): _Curve(line(self.reward_plot, CHOSEN_COLOR, None, 1.5)),
+            ("train", "rejected_reward"): _Curve(line(self.reward_plot, REJECTED_COLOR, None, 1.5)),
+            ("train", "reward_accuracy"): _Curve(line(self.accuracy_plot, ACCURACY_COLOR, None)),
+            ("eval", "reward_margin"): _Curve(dots(self.reward_plot, MARGIN_COLOR)),
+            ("eval", "chosen_reward"): _Curve(dots(self.reward_plot, CHOSEN_COLOR)),
+            ("eval", "rejected_reward"): _Curve(dots(self.reward_plot, REJECTED_COLOR)),
+            ("eval", "reward_accuracy"): _Curve(dots(self.accuracy_plot, ACCURACY_COLOR)),
+        }
+        plots = QHBoxLayout()
+        plots.setContentsMargins(0, 0, 0, 0)
+        plots.addWidget(self.reward_plot)
+        plots.addWidget(self.accuracy_plot)
+        column.addLayout(plots, 1)
+        return box
+
+    def _plots(self) -> list[pg.PlotWidget]:
+        return [self.loss_plot, self.lr_plot, self.grad_plot, self.reward_plot, self.accuracy_plot]
+
+    def show_preference(self, shown: bool) -> None:
+        """Show (a DPO run: its tab comes first and is selected) or hide (a supervised run) the reward and
+        reward-accuracy plots."""
+        index = self.lower_tabs.indexOf(self.preference_box)
+        if shown and index < 0:
+            self.lower_tabs.insertTab(0, self.preference_box, "Rewards · reward accuracy (DPO)")
+            self.lower_tabs.setTabToolTip(0, "How the preference training goes: see the tooltips of the two plots")
+            self.lower_tabs.setCurrentIndex(0)
+        elif not shown and index >= 0:
+            self.lower_tabs.removeTab(index)
+            self.preference_box.setParent(self)  # kept (and its buffers) for the next DPO run
+            self.preference_box.hide()
+
+    @property
+    def preference_shown(self) -> bool:
+        """Whether the reward plots are part of the view (their tab is there)."""
+        return self.lower_tabs.indexOf(self.preference_box) >= 0
 
     # -- data --------------------------------------------------------------------------------------
     def add_point(self, point: Any) -> None:
-        """Add one metric point (MetricPoint or metrics.jsonl dict); the redraw follows within 100 ms."""
+        """Add one metric point (MetricPoint, PreferencePoint or metrics.jsonl dict); the redraw follows within
+        100 ms. The first preference point shows the reward plots."""
+        if isinstance(point, PreferencePoint) or (isinstance(point, dict) and point.get("kind") == "preference"):
+            self._add_preference(point)
+            return
         kind = _field(point, "kind")
         step = _number(_field(point, "step"))
         if step is None:
@@ -396,6 +525,24 @@ class TrainingPlots(QWidget):
         self._loss_dirty = True
         self.schedule_redraw()
 
+    def _add_preference(self, point: Any) -> None:
+        step = _number(_field(point, "step"))
+        if step is None:
+            return
+        split = "eval" if _field(point, "split") == "eval" else "train"
+        added = False
+        for name in ("reward_margin", "chosen_reward", "rejected_reward", "reward_accuracy"):
+            value = _number(_field(point, name))
+            if value is not None:
+                self.preference_curves[(split, name)].buffer.append(step, None, value)
+                added = True
+        if not added:
+            return
+        if not self.preference_shown:
+            self.show_preference(True)
+        self._small_dirty = True
+        self.schedule_redraw()
+
     def add_points(self, points) -> None:
         """Add many points (e.g. a reopened run's metrics.jsonl) with a single redraw."""
         for point in points:
@@ -408,6 +555,7 @@ class TrainingPlots(QWidget):
         self.checkpoint_steps = []
         self.best_step = self.early_stopped_step = None
         self._smoothed_upto = 0
+        self.show_preference(False)
         self.redraw()
 
     def point_counts(self) -> dict[str, int]:
@@ -418,6 +566,11 @@ class TrainingPlots(QWidget):
             "learning_rate": self.learning_rate.buffer.size,
             "grad_norm": self.grad_norm.buffer.size,
         }
+
+    def preference_counts(self) -> dict[str, int]:
+        """How many points each DPO series holds: ``reward_margin``..., held-out ones as ``eval_reward_margin``..."""
+        return {(name if split == "train" else f"eval_{name}"): curve.buffer.size
+                for (split, name), curve in self.preference_curves.items()}
 
     def set_checkpoints(self, steps) -> None:
         """Mark the saved checkpoints (steps) on the loss curve."""
@@ -509,7 +662,8 @@ class TrainingPlots(QWidget):
             self.stepClicked.emit(step)
 
     def _curves(self) -> list[_Curve]:
-        return [self.train_loss, self.eval_loss, self.learning_rate, self.grad_norm]
+        return [self.train_loss, self.eval_loss, self.learning_rate, self.grad_norm,
+                *self.preference_curves.values()]
 
     # -- drawing -----------------------------------------------------------------------------------
     def schedule_redraw(self) -> None:
@@ -533,8 +687,8 @@ class TrainingPlots(QWidget):
             radio.blockSignals(False)
         self._update_axis_labels()
         self.redraw()
-        for plot in (self.loss_plot, self.lr_plot, self.grad_plot):
-            plot.enableAutoRange()
+        for plot in self._plots():
+            plot.enableAutoRange(axis="x" if plot is self.accuracy_plot else None)
 
     def set_smoothing(self, weight: float) -> None:
         """EMA weight in [0, 0.99]; 0 shows the raw training loss only."""
@@ -552,7 +706,7 @@ class TrainingPlots(QWidget):
 
     def _update_axis_labels(self) -> None:
         text = "epoch" if self.x_axis == "epoch" else "step"
-        for plot in (self.loss_plot, self.lr_plot, self.grad_plot):
+        for plot in self._plots():
             plot.setLabel("bottom", text)
             plot.getAxis("bottom").integer = self.x_axis == "step"
 
@@ -566,11 +720,11 @@ class TrainingPlots(QWidget):
         top = float(max(np.nanmax(x) for x in steps))
         if top < 10:  # few points: pin the range; later pyqtgraph's auto range does well
             self._x_pinned = True
-            for plot in (self.loss_plot, self.lr_plot, self.grad_plot):
+            for plot in self._plots():
                 plot.setXRange(0, max(top, 1) + 1, padding=0.02)
         elif getattr(self, "_x_pinned", False):
             self._x_pinned = False
-            for plot in (self.loss_plot, self.lr_plot, self.grad_plot):
+            for plot in self._plots():
                 plot.enableAutoRange(axis="x", enable=True)
 
     def _smoothed_train(self) -> np.ndarray:
@@ -614,6 +768,10 @@ class TrainingPlots(QWidget):
             self._small_dirty = False
             for curve in (self.learning_rate, self.grad_norm):
                 curve.item.setData(curve.buffer.x(axis), curve.buffer.values)
+            for curve in self.preference_curves.values():
+                # Preference logs carry no epoch: their x comes from the steps (interpolated on the epoch axis).
+                steps = curve.buffer.x("step")
+                curve.item.setData(self._to_axis(steps) if axis == "epoch" else steps, curve.buffer.values)
         has_data = train.size > 0 or self.eval_loss.buffer.size > 0
         self._empty_text.setVisible(not has_data)
         if has_data:
