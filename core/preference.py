@@ -212,17 +212,38 @@ def _answer_text(value: Any, column: str) -> str:
     return value
 
 
-def _prompt_value(row: dict, column: str | None) -> Any:
+def _messages(value: Any) -> list[dict]:
+    return [{"role": _role(m), "content": str(m.get("content", m.get("value", "")))} for m in value]
+
+
+def _shared_prompt(chosen: Any, rejected: Any) -> list[dict] | None:
+    """TRL's implicit-prompt shape: chosen and rejected are whole conversations that share the prompt
+    messages and differ in the last answer. The shared messages before the answers, or None."""
+    from core.data import is_message_list
+
+    if not (is_message_list(chosen) and is_message_list(rejected)):
+        return None
+    a, b = _messages(chosen), _messages(rejected)
+    shared = 0
+    while shared < min(len(a), len(b)) - 1 and a[shared] == b[shared]:
+        shared += 1
+    prompt = a[:shared]
+    return prompt if prompt and prompt[-1]["role"] != "assistant" else None
+
+
+def _prompt_value(row: dict, column: str | None, answers: tuple[Any, Any] = (None, None)) -> Any:
     from core.data import column_value, is_message_list
 
     if column is None:
         # LLaMA-Factory's conversation-shaped DPO: the prompt is the "conversations" (or "messages") list.
         for name in ("conversations", "messages", "conversation"):
             if is_message_list(row.get(name)):
-                return [{"role": _role(m), "content": str(m.get("content", m.get("value", "")))}
-                        for m in row[name]]
-        raise DataError("no prompt column (prompt, question, instruction) and no conversations list",
-                        field="prompt")
+                return _messages(row[name])
+        shared = _shared_prompt(*answers)
+        if shared is not None:
+            return shared
+        raise DataError("no prompt column (prompt, question, instruction), no conversations list, and the chosen "
+                        "and rejected conversations share no prompt", field="prompt")
     value = column_value(row, column)
     if is_message_list(value):
         return [{"role": _role(m), "content": str(m.get("content", m.get("value", "")))} for m in value]
@@ -268,7 +289,8 @@ def load_preference_pairs(data_cfg, *, stop=None) -> tuple[list[PreferencePair],
         try:
             chosen = _answer_text(row.get(guess.column_map["chosen"]), guess.column_map["chosen"])
             rejected = _answer_text(row.get(guess.column_map["rejected"]), guess.column_map["rejected"])
-            prompt = _prompt_value(row, guess.column_map.get("prompt"))
+            prompt = _prompt_value(row, guess.column_map.get("prompt"),
+                                   (row.get(guess.column_map["chosen"]), row.get(guess.column_map["rejected"])))
         except DataError as exc:
             skipped.append((line, f"field '{exc.field}': {exc.message}" if exc.field else exc.message))
             continue
@@ -305,6 +327,72 @@ def render_pair(pair: PreferencePair, data_cfg, tokenizer) -> dict:
         return text[: -len(eos)] if eos and text.endswith(eos) else text
 
     return {"prompt": prompt, "chosen": continuation(pair.chosen), "rejected": continuation(pair.rejected)}
+
+
+@dataclass(frozen=True)
+class PairTokens:
+    """One pair as DPO trains on it: the prompt's tokens (context, not in the loss) and each answer's tokens
+    (in the loss), as ``(token text, trained)`` lists; ``*_cut`` counts the answer tokens ``max_length``
+    cuts off (TRL keeps the start of prompt + answer)."""
+
+    row: int
+    prompt: list[tuple[str, bool]]
+    chosen: list[tuple[str, bool]]
+    rejected: list[tuple[str, bool]]
+    chosen_cut: int = 0
+    rejected_cut: int = 0
+
+
+def _token_texts(tokenizer, text: str, ids: list[int], offsets: list[tuple[int, int]] | None) -> list[str]:
+    """The text of each token, so that they join back into ``text`` (special tokens by their name)."""
+    if offsets is None or len(offsets) != len(ids):
+        return [tokenizer.decode([token]) for token in ids]
+    texts, end = [], 0
+    for token, (start, stop) in zip(ids, offsets, strict=True):
+        if stop <= start or stop <= end:  # a special token (no span in the text), or a byte inside a character
+            texts.append(tokenizer.convert_ids_to_tokens(token) if stop <= start else "")
+            continue
+        texts.append(text[end:stop])
+        end = stop
+    return texts
+
+
+def pair_tokens(pair: PreferencePair, data_cfg, tokenizer, max_length: int) -> PairTokens:
+    """What DPO trains on ``pair``, tokenized the way TRL's DPOTrainer does it: the rendered prompt, and
+    prompt + answer + end-of-text; the answer's tokens start where the two token lists part, and prompt + answer
+    is cut to ``max_length`` from the end."""
+    text = render_pair(pair, data_cfg, tokenizer)
+    eos = tokenizer.eos_token or ""
+
+    def encode(value: str) -> tuple[list[int], list[str]]:
+        try:
+            encoded = tokenizer(text=value, return_offsets_mapping=True)
+            offsets = [tuple(o) for o in encoded["offset_mapping"]]
+        except (NotImplementedError, TypeError, ValueError):  # a slow tokenizer has no offsets: decode tokens
+            encoded, offsets = tokenizer(text=value), None
+        ids = list(encoded["input_ids"])
+        return ids, _token_texts(tokenizer, value, ids, offsets)
+
+    prompt_ids, prompt_texts = encode(text["prompt"])
+    full = {}
+    for side in ("chosen", "rejected"):
+        answer = text[side] if not eos or text[side].endswith(eos) else text[side] + eos
+        full[side] = encode(text["prompt"] + answer)
+    shared = min(_common_prefix(prompt_ids, ids) for ids, _ in full.values())
+    prompt_view = [(t, False) for t in prompt_texts[:shared]][:max_length]
+    answers, cut = {}, {}
+    room = max(0, max_length - shared)
+    for side, (_ids, texts) in full.items():
+        tokens = [(t, True) for t in texts[shared:]]
+        answers[side], cut[side] = tokens[:room], max(0, len(tokens) - room)
+    return PairTokens(pair.row, prompt_view, answers["chosen"], answers["rejected"], cut["chosen"], cut["rejected"])
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 # --------------------------------------------------------------------------------------------- DPO

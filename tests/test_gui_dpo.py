@@ -156,3 +156,126 @@ def test_launched_runs_and_callback_sinks_deliver_preference_points(qtbot, tmp_p
     assert counts["reward_margin"] == 0 and counts["reward_accuracy"] == 1  # the NaN margin is not drawn
     assert counts["eval_reward_margin"] == 1 and counts["eval_chosen_reward"] == 1
     assert plots.preference_shown
+
+
+# ------------------------------------------------------------------------------------------- Data page
+@pytest.fixture()
+def window(qtbot, tiny_model_dir, tmp_path, isolated_home):
+    from gui.main_window import MainWindow
+    from gui.state import StudioState
+
+    cfg = RunConfig(name="pairs")
+    cfg.model.name_or_path = str(tiny_model_dir)
+    cfg.training.max_length = 64
+    state = StudioState(cfg, workspace=tmp_path / "runs")
+    win = MainWindow(state, autoload=False, restore=False)
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    assert win.shutdown(60000)
+
+
+def _wait_analysed(qtbot, page, timeout=60000):
+    qtbot.waitUntil(lambda: not page.is_busy and page.analysis is not None, timeout=timeout)
+
+
+def test_data_page_shows_pairs_side_by_side_and_sets_dpo(window, qtbot, tmp_path):
+    data_page, train_page = window.pages["data"], window.pages["train"]
+    path = tmp_path / "prefs.jsonl"
+    lines = [json.dumps({"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "Lyon."}),
+             json.dumps({"prompt": "Who wrote Hamlet?", "chosen": "Shakespeare.", "rejected": ""}),  # no rejected
+             "{not json",
+             json.dumps({"prompt": "Hi", "a": "Hello", "b": "Hey", "vote": "tie", "chosen": None, "rejected": None})]
+    lines += [json.dumps({"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": "No idea."})
+              for i in range(8)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    window.show_page("data")
+    data_page.load_source(str(path))
+    _wait_analysed(qtbot, data_page)
+
+    # Method LoRA: supervised training refuses preference data, and the page says what to do instead.
+    assert "this is preference data" in data_page.last_error
+    assert data_page.dpo_button.isVisible() and data_page.chosen_only_button.isVisible()
+    assert data_page.pair_view.isVisible() and not data_page.token_view.isVisible()
+    assert data_page.state.data["usable"] is False
+    # 9 pairs; rows 2 (empty rejected), 3 (not JSON) and 4 (a tie) left out, with their line numbers.
+    assert "9 preference pairs" in data_page.count_label.text()
+    assert "3 rows left out" in data_page.count_label.text()
+    bad = [data_page.bad_list.item(i).text() for i in range(data_page.bad_list.count())]
+    assert [b.split(":")[0] for b in bad] == ["line 2", "line 3", "line 4"], bad
+    assert "rejected" in bad[0] and "tie" in bad[2]
+    assert data_page.example_count.text() == "of 9 pairs"
+    view = data_page.pair_view
+    assert "What is the capital of France?" in view.prompt_view.toPlainText()
+    assert view.prompt_view.trained_tokens == 0 and view.prompt_view.masked_tokens > 0  # context only
+    assert view.chosen_view.toPlainText() == "Paris.<|endoftext|>"
+    assert view.rejected_view.toPlainText() == "Lyon.<|endoftext|>"
+    assert view.chosen_view.masked_tokens == 0 and view.chosen_view.trained_tokens > 0  # the answers are trained
+    assert view.chosen_counts.text() == f"{view.chosen_view.trained_tokens} trained tokens"
+    window.grab().save("/tmp/dpo-data-refusal.png")  # the window at 1280x800
+    assert not clipped_texts(window), clipped_texts(window)
+
+    # "Train with DPO on these pairs": the shared config's method becomes dpo, the Train page's form shows it,
+    # and the page reads the file as pairs without the refusal.
+    data_page.dpo_button.click()
+    assert data_page.state.config.method.method == "dpo"
+    assert train_page.form.editors["method.method"].read_value() == "dpo"
+    qtbot.waitUntil(lambda: not data_page.is_busy and data_page.last_error == "", timeout=60000)
+    assert data_page.analysis.is_pairs and not data_page.analysis.refusal
+    assert not data_page.dpo_button.isVisible() and not data_page.chosen_only_button.isVisible()
+    assert data_page.state.data["usable"] is True and data_page.state.data["n_pairs"] == 9
+    assert train_page.data_problem() == ""
+    data_page.example_spin.setValue(3)  # the third pair: line 6
+    assert "What is 1 plus 1?" in view.prompt_view.toPlainText()
+    assert view.chosen_view.toPlainText() == "It is 2.<|endoftext|>"
+    assert view.rejected_view.toPlainText() == "No idea.<|endoftext|>"
+    assert data_page.token_counts.text().startswith("line 6: ")
+    window.grab().save("/tmp/dpo-data-pairs.png")
+    assert not clipped_texts(window), clipped_texts(window)
+
+
+def test_conversation_shaped_pairs_and_non_pairs_under_dpo(window, qtbot, tmp_path):
+    data_page = window.pages["data"]
+    data_page.state.update("method", "method", "dpo")
+    window.show_page("data")
+    # LLaMA-Factory's dpo_en_demo shape: the prompt is a conversation, the answers are message objects.
+    factory = tmp_path / "dpo_en_demo.json"
+    factory.write_text(json.dumps([
+        {"conversations": [{"from": "human", "value": "Name a red fruit."}],
+         "chosen": {"from": "gpt", "value": "A strawberry."}, "rejected": {"from": "gpt", "value": "A banana."}},
+        {"conversations": [{"from": "human", "value": "Name a green vegetable."}],
+         "chosen": {"from": "gpt", "value": "Spinach."}, "rejected": {"from": "gpt", "value": "A carrot."}},
+    ]), encoding="utf-8")
+    data_page.load_source(str(factory))
+    _wait_analysed(qtbot, data_page)
+    assert data_page.last_error == "" and data_page.analysis.is_pairs
+    view = data_page.pair_view
+    assert "Name a red fruit." in view.prompt_view.toPlainText()
+    assert view.chosen_view.toPlainText().startswith("A strawberry.")
+    assert view.rejected_view.toPlainText().startswith("A banana.")
+    assert data_page.role_combos["prompt"].currentData() == "conversations"
+    assert "2 preference pairs" in data_page.count_label.text()
+
+    # TRL's implicit-prompt shape: chosen and rejected are whole conversations sharing the user turn.
+    data_page.load_source(str(runs_corpus("dpo_conversational.jsonl")))
+    _wait_analysed(qtbot, data_page)
+    assert data_page.last_error == "" and data_page.analysis.is_pairs
+    assert "Give me a synonym for happy." in view.prompt_view.toPlainText()
+    assert view.chosen_view.toPlainText().startswith("Joyful.")
+    assert view.rejected_view.toPlainText().startswith("Sad.")
+    # The method is DPO but the file holds no pairs: DPO's refusal, and its examples as supervised data.
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "q?", "answer": "a."}) + "\n", encoding="utf-8")
+    data_page.load_source(str(qa))
+    _wait_analysed(qtbot, data_page)
+    assert "DPO needs preference data" in data_page.last_error
+    assert not data_page.analysis.is_pairs and data_page.token_view.isVisible()
+    assert data_page.state.data["usable"] is False
+
+
+def runs_corpus(name):
+    from pathlib import Path
+
+    return Path(__file__).parent / "data_corpus" / name

@@ -42,6 +42,7 @@ from gui.tasks import Task, TaskGroup
 from gui.widgets.histogram import LengthHistogram
 from gui.widgets.lazy_table import LazyTableModel, RowSource
 from gui.widgets.page_heading import themed_page_layout
+from gui.widgets.pair_view import PairView
 from gui.widgets.status_strip import BusyIndicator, ErrorBanner, ErrorBannerHost
 from gui.widgets.token_view import TokenLegend, TokenView
 
@@ -92,6 +93,17 @@ class Analysis:
     records: list = field(default_factory=list)   # every usable example, to render any of them on demand
     n_usable: int = 0                             # examples that render (records minus render failures)
     summary: Any = None                           # core.data.DataSummary: the one count line
+    # Preference data (prompt / chosen / rejected) read as DPO pairs (core.preference):
+    pairs: list = field(default_factory=list)          # every PreferencePair
+    pair_examples: list = field(default_factory=list)  # core.preference.PairTokens of the first EXAMPLES pairs
+    n_train_pairs: int = 0
+    n_heldout_pairs: int = 0
+    refusal: str = ""    # preference data while the method is not DPO: why supervised training refuses it
+    dpo_error: str = ""  # the method is DPO but this is no preference data: why DPO cannot train on it
+
+    @property
+    def is_pairs(self) -> bool:
+        return bool(self.pairs)
 
 
 def error_text(exc: BaseException) -> str:
@@ -135,6 +147,7 @@ class DataPage(ErrorBannerHost, QWidget):
         self._analysis_task: Task | None = None
         self._index_task: Task | None = None
         self._updating = False  # True while widgets are filled from state (no feedback loop)
+        self._analysed_for_dpo = False  # the last analysis read the file as DPO pairs (method "dpo")
         self._reanalyse_timer = QTimer(self)
         self._reanalyse_timer.setSingleShot(True)
         self._reanalyse_timer.setInterval(300)
@@ -201,7 +214,18 @@ class DataPage(ErrorBannerHost, QWidget):
                                            "leave the rejected ones out (for KTO files: only the rows labelled good)")
         self.chosen_only_button.clicked.connect(lambda: self._set("data", "preference", "chosen_only"))
         self.chosen_only_button.setVisible(False)
-        root.addWidget(self.chosen_only_button, 0, Qt.AlignmentFlag.AlignLeft)
+        self.dpo_button = QPushButton("Train with DPO on these pairs")
+        self.dpo_button.setObjectName("Primary")
+        self.dpo_button.setToolTip("Set the training method to DPO (preference tuning): the model learns to prefer "
+                                   "each chosen answer over its rejected one. LoRA adapters, on the Train page.")
+        self.dpo_button.clicked.connect(self.train_with_dpo)
+        self.dpo_button.setVisible(False)
+        preference_actions = QHBoxLayout()
+        preference_actions.setContentsMargins(0, 0, 0, 0)
+        preference_actions.addWidget(self.dpo_button)
+        preference_actions.addWidget(self.chosen_only_button)
+        preference_actions.addStretch(1)
+        root.addLayout(preference_actions)
 
         self.count_label = QLabel()
         self.count_label.setObjectName("CountLine")
@@ -321,6 +345,9 @@ class DataPage(ErrorBannerHost, QWidget):
         template_layout.addWidget(self.custom_edit)
         self.token_view = TokenView()
         template_layout.addWidget(self.token_view, 1)
+        self.pair_view = PairView()  # preference data: prompt, then chosen | rejected
+        self.pair_view.setVisible(False)
+        template_layout.addWidget(self.pair_view, 1)
         self.legend = TokenLegend()
         template_layout.addWidget(self.legend)
         self.token_counts = QLabel()
@@ -547,6 +574,17 @@ class DataPage(ErrorBannerHost, QWidget):
             self._fill_from_config()
         if section in (None, "data", "model") and self.loaded is not None:
             self.schedule_analysis()
+        elif section == "method" and self.loaded is not None and self.analysis is not None and \
+                self._analysed_for_dpo != (self.state.config.method.method == "dpo"):
+            self.schedule_analysis()  # DPO reads the file as pairs; the other methods as examples
+
+    @Slot()
+    def train_with_dpo(self) -> None:
+        """Use the shown preference pairs for DPO: the training method becomes "dpo" (the Train page's form
+        follows the shared config)."""
+        self._set("method", "method", "dpo")
+        if self.state.config.method.method == "dpo":
+            self.state.show_message("Method set to DPO: the Train page trains on these pairs")
 
     # -- actions ---------------------------------------------------------------------------------
     def activate(self) -> None:
@@ -646,6 +684,9 @@ class DataPage(ErrorBannerHost, QWidget):
         self.check_report = None
         self.checks_summary.setText("Press “Check data” to look for problems before training.")
         self.chosen_only_button.setVisible(False)
+        self.dpo_button.setVisible(False)
+        self.pair_view.setVisible(False)
+        self.token_view.setVisible(True)
         self.reason_label.setText("")
         self._updating = True
         self.example_spin.setRange(1, 1)
@@ -719,6 +760,7 @@ class DataPage(ErrorBannerHost, QWidget):
             self._analysis_task.cancel("settings changed")
         cfg = self.state.config.copy()
         tokenizers = self._tokenizers
+        self._analysed_for_dpo = cfg.method.method == "dpo"
         task = self.tasks.run(lambda progress, stop: analyse_dataset(cfg, tokenizers, progress, stop),
                               name="data-analyse")
         task.progress.connect(self.busy_indicator.set_progress)
@@ -735,6 +777,13 @@ class DataPage(ErrorBannerHost, QWidget):
         self.analysis = result
         self.hide_error()
         self.chosen_only_button.setVisible(False)
+        self.dpo_button.setVisible(False)
+        self.pair_view.setVisible(result.is_pairs)
+        self.token_view.setVisible(not result.is_pairs)
+        self.skip_bad.setVisible(not result.is_pairs)  # DPO always leaves unusable rows out
+        if result.is_pairs:
+            self._on_pairs_analysed(result)
+            return
         self._fill_mapping(result.schema, self._known_columns(result.columns), result.column_map,
                            f"Detected {result.schema.replace('_', '/')}: {result.reason}"
                            if self.state.config.data.schema == "auto" else f"Format: {result.reason}")
@@ -752,10 +801,51 @@ class DataPage(ErrorBannerHost, QWidget):
         self._update_source_label()
         if result.tokenizer_error:
             self.show_error("Token view unavailable: " + result.tokenizer_error)
+        if result.dpo_error:  # the method is DPO, but the file holds no pairs: DPO would refuse it
+            self.show_error(result.dpo_error)
+            self.state.set_data({"source": result.source, "usable": False, "error": result.dpo_error})
+            return
         self.state.set_data({"source": result.source, "schema": result.schema, "column_map": result.column_map,
                              "n_rows": result.n_rows, "bad_rows": len(result.bad_rows),
                              "n_truncated": self.histogram.n_over, "usable": True})
         self.state.show_message(f"Dataset ready: {result.n_rows:,} examples analysed ({result.schema})")
+
+    def _on_pairs_analysed(self, result: Analysis) -> None:
+        """Preference data: the pair preview, the count of pairs and left-out rows, and either the refusal
+        with its two ways forward (DPO, or the chosen answers only) or, with the method DPO, nothing in the way."""
+        columns = self._known_columns()
+        self._fill_mapping(result.schema, columns, result.column_map or _pair_columns(columns),
+                           f"Preference pairs (DPO): {result.reason}")
+        n = len(result.pairs)
+        self._updating = True
+        self.example_spin.setRange(1, max(1, n))
+        self._updating = False
+        self.example_count.setText(f"of {n:,} pairs")
+        self._show_example()
+        self.histogram.set_data(result.lengths, self.state.config.training.max_length)
+        self._update_truncation()
+        self._fill_longest(result)
+        self._fill_bad_rows(result)
+        left_out = len(result.bad_rows)
+        self.count_label.setText(f"{self._row_count_text()} · {n:,} preference pairs · "
+                                 + (f"{left_out:,} row{'s' if left_out != 1 else ''} left out (see Bad rows) · "
+                                    if left_out else "")
+                                 + f"{result.n_train_pairs:,} train / {result.n_heldout_pairs:,} held-out pairs")
+        self._update_source_label()
+        if result.tokenizer_error:
+            self.show_error("Token view unavailable: " + result.tokenizer_error)
+        if result.refusal:
+            # Not DPO yet: supervised training would learn the rejected answers too. Two ways forward.
+            self.show_error(result.refusal)
+            self.dpo_button.setVisible(True)
+            self.chosen_only_button.setVisible(True)
+            self.state.set_data({"source": result.source, "usable": False, "error": result.refusal,
+                                 "schema": "preference", "n_pairs": n})
+            return
+        self.state.set_data({"source": result.source, "schema": "preference", "column_map": result.column_map,
+                             "n_rows": n, "n_pairs": n, "bad_rows": left_out,
+                             "n_truncated": self.histogram.n_over, "usable": True})
+        self.state.show_message(f"Preference data ready: {n:,} pairs for DPO")
 
     def _known_columns(self, extra: list[str] | None = None) -> list[str]:
         """The loaded file's columns (nested keys included when the reader lists them), then any others."""
@@ -876,7 +966,11 @@ class DataPage(ErrorBannerHost, QWidget):
             item.setToolTip(plain_tooltip(text))  # the whole message, however long
             self.bad_list.addItem(item)
         scope = f" in the first {ANALYSE_ROWS:,} rows" if result.limited else ""
-        if not result.bad_rows:
+        if result.is_pairs:
+            self.bad_summary.setText(f"{len(result.bad_rows)} rows left out of the pairs (ties, both-bad votes, rows "
+                                     "without a prompt and two answers); they are not trained."
+                                     if result.bad_rows else "None: every row is a pair.")
+        elif not result.bad_rows:
             self.bad_summary.setText(f"None found{scope}.")
         elif self.state.config.data.skip_bad_rows:
             self.bad_summary.setText(f"{len(result.bad_rows)} bad rows{scope}; they will be skipped.")
@@ -890,6 +984,9 @@ class DataPage(ErrorBannerHost, QWidget):
         if result is None:
             return
         index = self.example_spin.value() - 1
+        if result.is_pairs:
+            self._show_pair(result, index)
+            return
         if result.examples and index >= len(result.examples) and index < len(result.records):
             self._render_later(index)
             return
@@ -903,6 +1000,37 @@ class DataPage(ErrorBannerHost, QWidget):
             self.token_counts.setText("Segments shown without token boundaries (no tokenizer)")
         else:
             self.token_view.show_message("No usable example.")
+
+    def _show_pair(self, result: Analysis, index: int) -> None:
+        index = max(0, min(index, len(result.pairs) - 1))
+        if index < len(result.pair_examples):
+            self._show_pair_tokens(result.pair_examples[index])
+            return
+        key = f"{self.state.config.model.name_or_path}@{self.state.config.model.revision}"
+        tokenizer = self._tokenizers.get(key)
+        if tokenizer is None:
+            self.pair_view.show_message("No token view: the tokenizer could not be loaded.")
+            return
+        cfg = self.state.config.copy()
+        pair = result.pairs[index]
+        self.pair_view.show_message(f"Rendering pair {index + 1}…")
+        task = self.tasks.run(lambda progress, stop: pair_view_of(cfg, tokenizer, pair), name="data-pair",
+                              heavy_imports=False)
+
+        def shown(tokens, index=index, result=result):
+            if self.analysis is result and self.example_spin.value() - 1 == index:
+                self._show_pair_tokens(tokens)
+
+        task.succeeded.connect(shown)
+        task.failed.connect(lambda exc: self.pair_view.show_message(error_text(exc)))
+        task.start()
+
+    def _show_pair_tokens(self, tokens) -> None:
+        self.pair_view.show_pair(tokens)
+        label = self.analysis.row_label if self.analysis is not None else "line"
+        self.token_counts.setText(f"{label} {tokens.row}: prompt {len(tokens.prompt)} tokens (context) · chosen "
+                                  f"{self.pair_view.chosen_view.trained_tokens} · rejected "
+                                  f"{self.pair_view.rejected_view.trained_tokens} trained tokens")
 
     def _render_later(self, index: int) -> None:
         """Render example ``index`` in a worker (only the first EXAMPLES are precomputed)."""
@@ -1030,6 +1158,110 @@ def _tokenizer_for(cfg, cache: dict, progress):
 
 
 def analyse_dataset(cfg, tokenizers: dict, progress, stop) -> Analysis:
+    """Worker: the file as DPO reads it (pairs) when the method is DPO, else as supervised examples; preference
+    data under another method is read as pairs too, with the refusal of supervised training attached."""
+    from core.errors import DataError
+
+    if cfg.method.method == "dpo":
+        try:
+            return analyse_pairs(cfg, tokenizers, progress, stop)
+        except DataError as exc:
+            if exc.field != "schema":  # preference data with no usable pair: that error is the answer
+                raise
+            result = analyse_examples(cfg, tokenizers, progress, stop)  # no pairs: show what the file is
+            result.dpo_error = str(exc)
+            return result
+    try:
+        return analyse_examples(cfg, tokenizers, progress, stop)
+    except DataError as exc:
+        if exc.field != "preference":
+            raise
+        try:
+            result = analyse_pairs(cfg, tokenizers, progress, stop)
+        except DataError:  # KTO data (no pairs) and the like: the refusal alone says what to do
+            raise exc from None
+        result.refusal = str(exc)
+        return result
+
+
+def analyse_pairs(cfg, tokenizers: dict, progress, stop) -> Analysis:
+    """Worker: the preference pairs of the file (core.preference.load_preference_pairs: the reader DPO
+    trains from), the rows it leaves out with their line numbers, and the tokens of the first pairs."""
+    from core import data
+    from core.preference import load_preference_pairs, pair_tokens
+
+    progress(None, "reading the preference pairs")
+    pairs, skipped, label = load_preference_pairs(cfg.data, stop=stop)
+    train_idx, test_idx = data.split_indices(len(pairs), cfg.data.test_fraction, cfg.data.split_seed)
+    result = Analysis(source=cfg.data.source, schema="preference", column_map=dict(cfg.data.column_map),
+                      reason="each row a prompt with a chosen and a rejected answer", columns=[],
+                      n_rows=len(pairs), limited=False, bad_rows=[data.BadRow(line, reason) for line, reason in sorted(skipped)],
+                      row_label=label, pairs=pairs, n_train_pairs=len(train_idx), n_heldout_pairs=len(test_idx))
+    result.n_usable = len(pairs)
+    try:
+        tokenizer = _tokenizer_for(cfg, tokenizers, progress)
+    except Cancelled:
+        raise
+    except StudioError as exc:
+        tokenizer, result.tokenizer_error = None, str(exc)
+    max_length = cfg.training.max_length
+    for index, pair in enumerate(pairs[:ANALYSE_ROWS]):
+        if index % 100 == 0:
+            stop.raise_if_set()
+            progress(index / max(1, len(pairs)), f"tokenizing pair {index:,}/{len(pairs):,}")
+        if tokenizer is None:
+            tokens = _untokenized_pair(pair)
+        else:
+            tokens = pair_tokens(pair, cfg.data, tokenizer, max_length)
+        if len(result.pair_examples) < EXAMPLES:
+            result.pair_examples.append(tokens)
+        longest = len(tokens.prompt) + max(len(tokens.chosen) + tokens.chosen_cut,
+                                           len(tokens.rejected) + tokens.rejected_cut)
+        result.lengths.append(longest)
+        result.row_numbers.append(pair.row)
+        result.questions.append(_prompt_glimpse(pair.prompt))
+    result.limited = len(pairs) > ANALYSE_ROWS
+    progress(1.0, "done")
+    return result
+
+
+def _pair_columns(columns: list[str]) -> dict[str, str]:
+    """The columns the pairs come from, for the Format pickers (the reader's own aliases)."""
+    found = {}
+    for role, names in (("prompt", ("prompt", "question", "instruction", "conversations", "messages")),
+                        ("chosen", ("chosen",)), ("rejected", ("rejected",))):
+        for name in names:
+            if name in columns:
+                found[role] = name
+                break
+    return found
+
+
+def _prompt_glimpse(prompt, limit: int = 70) -> str:
+    if isinstance(prompt, list):
+        users = [m["content"] for m in prompt if m.get("role") == "user"]
+        prompt = users[-1] if users else (prompt[-1]["content"] if prompt else "")
+    text = " ".join(str(prompt).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _untokenized_pair(pair):
+    """A pair's texts without a tokenizer (it could not be loaded): whole answers shown as trained."""
+    from core.preference import PairTokens
+
+    prompt = pair.prompt if isinstance(pair.prompt, str) else "\n".join(
+        f"{m['role']}: {m['content']}" for m in pair.prompt)
+    return PairTokens(pair.row, [(prompt, False)], [(pair.chosen, True)], [(pair.rejected, True)])
+
+
+def pair_view_of(cfg, tokenizer, pair):
+    """Worker: the tokens of one pair (for pairs past the precomputed ones)."""
+    from core.preference import pair_tokens
+
+    return pair_tokens(pair, cfg.data, tokenizer, cfg.training.max_length)
+
+
+def analyse_examples(cfg, tokenizers: dict, progress, stop) -> Analysis:
     """Worker: read up to ANALYSE_ROWS rows, map them, render and tokenize them (lengths + examples)."""
     from core import data
 
