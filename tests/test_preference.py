@@ -192,3 +192,43 @@ def test_dpo_stopped_midway_resumes_to_the_same_end(tiny_model_dir, tmp_path, is
         assert expected and sorted(got) == sorted(expected), (kind, key, split)
         for step in expected:
             assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-9), (kind, key, split, step)
+
+
+@pytest.mark.parametrize("row", [
+    {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "Lyon, I think."},
+    {"conversations": [{"from": "human", "value": "Name a red fruit."}],
+     "chosen": {"from": "gpt", "value": "A strawberry."}, "rejected": {"from": "gpt", "value": "A banana."}},
+    {"chosen": [{"role": "user", "content": "Synonym for happy?"}, {"role": "assistant", "content": "Joyful."}],
+     "rejected": [{"role": "user", "content": "Synonym for happy?"}, {"role": "assistant", "content": "Sad."}]},
+], ids=["prompt_chosen_rejected", "llama_factory", "trl_implicit_prompt"])
+def test_pair_tokens_are_what_trl_trains(tiny_model_dir, tmp_path, row):
+    """The Data page's pair view (core.preference.pair_tokens) shows exactly the prompt and answer tokens TRL's
+    DPOTrainer builds from the rendered pair (its own tokenize step), and cuts them at max_length like it."""
+    from trl.data_utils import _tokenize, common_prefix_length
+
+    from core.config import RunConfig
+    from core.models import load_tokenizer
+    from core.preference import pair_tokens, render_pair
+
+    path = tmp_path / "pair.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    cfg = RunConfig()
+    cfg.model.name_or_path = str(tiny_model_dir)
+    cfg.data.source = str(path)
+    tokenizer = load_tokenizer(cfg.model)
+    (pair,), skipped, _ = load_preference_pairs(cfg.data)
+    assert not skipped
+    shown = pair_tokens(pair, cfg.data, tokenizer, 512)
+    text = render_pair(pair, cfg.data, tokenizer)
+    prompt_ids = _tokenize(tokenizer, text["prompt"])["input_ids"]
+    ids = {side: _tokenize(tokenizer, text["prompt"] + text[side] + tokenizer.eos_token)["input_ids"]
+           for side in ("chosen", "rejected")}
+    start = min(common_prefix_length(prompt_ids, ids[side]) for side in ids)
+    assert "".join(t for t, _ in shown.prompt) == tokenizer.decode(prompt_ids[:start])
+    assert len(shown.prompt) == start and not any(trained for _, trained in shown.prompt)
+    for side, tokens in (("chosen", shown.chosen), ("rejected", shown.rejected)):
+        assert len(tokens) == len(ids[side]) - start and all(trained for _, trained in tokens)
+        assert "".join(t for t, _ in tokens) == tokenizer.decode(ids[side][start:])
+    assert shown.chosen[-1][0] == tokenizer.eos_token
+    cut = pair_tokens(pair, cfg.data, tokenizer, start + 2)  # room for two answer tokens
+    assert len(cut.chosen) == 2 and cut.chosen_cut == len(ids["chosen"]) - start - 2
