@@ -32,14 +32,16 @@ class RunOutcome:
     change_percent: float | None = None
     notes: list[str] = field(default_factory=list)       # what else is worth knowing (noisy train loss, ...)
     next_steps: list[str] = field(default_factory=list)
+    preference: bool = False  # a DPO run: its losses are the DPO loss of pairs, not a language-model loss
 
     @property
     def perplexity_before(self) -> float | None:
-        return _perplexity(self.before_loss)
+        # exp(DPO loss) is no perplexity: a DPO run has none to report.
+        return None if self.preference else _perplexity(self.before_loss)
 
     @property
     def perplexity_after(self) -> float | None:
-        return _perplexity(self.after_loss)
+        return None if self.preference else _perplexity(self.after_loss)
 
 
 def _perplexity(loss: float | None) -> float | None:
@@ -76,7 +78,8 @@ def summarize_outcome(run_dir: str | os.PathLike) -> RunOutcome:
     if trained_evals:
         best_step, best = min(trained_evals, key=lambda item: item[1])
     outcome = RunOutcome(state=state, global_step=step, before_loss=before, after_loss=after, best_loss=best,
-                         best_step=best_step, verdict="", headline="")
+                         best_step=best_step, verdict="", headline="",
+                         preference=any(r.get("kind") == "preference" for r in records))
     if state == "failed":
         outcome.headline = f"The run failed at step {step}: {status.get('message') or 'see the log'}."
         outcome.next_steps.append("Read the message, fix the setting or the data it names, and start again.")

@@ -96,6 +96,8 @@ def test_dpo_run_plots_rewards_live_and_when_reopened(qtbot, dpo_config, tmp_pat
     _, accuracy = _curve(page.plots, "train", "reward_accuracy")
     assert all(0.0 <= a <= 1.0 for a in accuracy)
     assert "held-out reward accuracy" in page.log_view.toPlainText()
+    # exp(DPO loss) is no perplexity: the summary card quotes none for a DPO run.
+    assert page.summary_card.details.text() and "erplexity" not in page.summary_card.details.text()
     page.plots.flush()
     page.grab().save("/tmp/dpo-train-live.png")
     assert not clipped_texts(page), clipped_texts(page)
