@@ -329,6 +329,33 @@ class _TokenStreamer:
         return full[len(self._prefix):]
 
 
+class _RowStreamer:
+    """Splits a batch's new tokens into one _TokenStreamer per row; a row's tokens after its EOS (padding)
+    are not passed on."""
+
+    def __init__(self, streamers: Sequence[_TokenStreamer], eos_ids: set[int]):
+        self.streamers = list(streamers)
+        self.eos_ids = eos_ids
+        self.finished = [False] * len(self.streamers)
+
+    def put(self, value) -> None:
+        if value.dim() > 1:  # the prompt batch
+            for row, streamer in enumerate(self.streamers):
+                streamer.put(value[row:row + 1])
+            return
+        for row, streamer in enumerate(self.streamers):
+            if self.finished[row]:
+                continue
+            token = value[row:row + 1]
+            streamer.put(token)
+            if int(token[0]) in self.eos_ids:
+                self.finished[row] = True
+
+    def end(self) -> None:
+        for streamer in self.streamers:
+            streamer.end()
+
+
 def _stopping_criterion(streamer: _TokenStreamer, stop: StopToken | None):
     from transformers import StoppingCriteria
 
@@ -670,6 +697,94 @@ class ModelSession:
             if progress:
                 progress(done, total)
         return [r for r in results if r is not None]
+
+    @property
+    def can_pair(self) -> bool:
+        """True when base and fine-tuned answers can come from one ``generate`` call (a LoRA adapter: peft's
+        mixed-adapter batches, ``adapter_names=["__base__", "default"]``)."""
+        if not self.has_adapter:
+            return False
+        config = getattr(self.model, "peft_config", {}).get("default")
+        return str(getattr(config, "peft_type", "")).upper().endswith("LORA")
+
+    def generate_pair(self, prompts: Sequence, gen_cfg: GenerationConfig | None = None, *,
+                      use_adapter: Sequence[bool], on_tokens: Sequence[Callable[[str], None] | None] = (),
+                      stop: StopToken | None = None,
+                      prompt_format: DataConfig | None = None) -> list[GenerationResult]:
+        """Answer several prompts at once from one model, each row as base or fine-tuned (``use_adapter``):
+        one left-padded ``generate`` with peft's mixed-adapter batch, every row streamed to its own
+        ``on_tokens[row]``. This is how the Chat page answers both panes from one copy of the weights with
+        both answers streaming at the same time. Greedy rows equal ``generate`` alone (the padding is masked
+        and the repetition penalty skips it); sampled rows draw from one seeded generator for the batch.
+        A row ends at its EOS or stop string; ``stop`` ends all within one token. Needs ``can_pair``."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        if not self.can_pair:
+            raise ValueError("answers in one batch need a LoRA adapter (peft mixed-adapter batches)")
+        gen_cfg = gen_cfg or (self.run_config.generation if self.run_config else GenerationConfig())
+        started = time.perf_counter()
+        built = [self.build_prompt(p, prompt_format=prompt_format) for p in prompts]
+        if any(not ids for _, ids in built):
+            raise ValueError("the prompt is empty")
+        flags = [bool(flag) for flag in use_adapter]
+        if len(flags) != len(built):
+            raise ValueError("use_adapter needs one flag per prompt")
+        callbacks = list(on_tokens) + [None] * (len(built) - len(on_tokens))
+        streamers = [_TokenStreamer(self.tokenizer, gen_cfg.stop_strings or [], cb or (lambda piece: None))
+                     for cb in callbacks]
+        with self._lock:
+            model = self.model
+            kwargs = _generation_kwargs(gen_cfg, self.tokenizer, model)
+            eos_ids = set(kwargs.get("eos_token_id") or [])
+            penalty = float(kwargs.get("repetition_penalty") or 1.0)
+            kwargs["repetition_penalty"] = 1.0
+            pad_id = kwargs["pad_token_id"]
+            width = max(len(ids) for _, ids in built)
+            pads = [width - len(ids) for _, ids in built]
+            device = next(model.parameters()).device
+            input_ids = torch.tensor([[pad_id] * pad + list(ids) for pad, (_, ids) in zip(pads, built, strict=True)],
+                                     dtype=torch.long, device=device)
+            attention_mask = torch.tensor([[0] * pad + [1] * (width - pad) for pad in pads], dtype=torch.long,
+                                          device=device)
+            from transformers import LogitsProcessorList
+
+            processors = LogitsProcessorList([_UnpaddedRepetitionPenalty(penalty, pads)] if penalty != 1.0 else [])
+            rows = _RowStreamer(streamers, eos_ids)
+
+            class _RowsStop:
+                # Per row: its stop string was seen; every row: the user stopped.
+                def __call__(self, ids, scores, **unused):
+                    cancelled = stop is not None and stop.is_set
+                    return torch.tensor([cancelled or s.stop_string_hit for s in streamers], dtype=torch.bool,
+                                        device=ids.device)
+
+            if gen_cfg.do_sample:
+                torch.manual_seed(gen_cfg.seed)
+            with torch.inference_mode():
+                output = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=rows,
+                                        logits_processor=processors,
+                                        stopping_criteria=StoppingCriteriaList([_RowsStop()]),
+                                        adapter_names=["default" if flag else "__base__" for flag in flags],
+                                        **kwargs)
+        seconds = time.perf_counter() - started
+        results = []
+        for row, (prompt, _) in enumerate(built):
+            new_ids = [int(t) for t in output[row, width:].tolist()]
+            stopped_by = "max_tokens"
+            for k, token in enumerate(new_ids):  # after its EOS a row holds only padding
+                if token in eos_ids:
+                    new_ids, stopped_by = new_ids[:k + 1], "eos"
+                    break
+            if streamers[row].stop_string_hit:
+                stopped_by = "stop_string"
+            if stop is not None and stop.is_set:
+                stopped_by = "cancelled"
+            first = streamers[row].first_token_time
+            results.append(GenerationResult(text=streamers[row].text, n_tokens=len(new_ids), seconds=seconds,
+                                            first_token_seconds=first - started if first is not None else None,
+                                            stopped_by=stopped_by, prompt=prompt, token_ids=new_ids))
+        return results
 
     def stream(self, prompt_or_messages, gen_cfg: GenerationConfig | None = None, *, use_adapter: bool = True,
                stop: StopToken | None = None, raw: bool = False) -> GenerationStream:

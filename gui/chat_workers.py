@@ -2,7 +2,8 @@
 
 Two kinds of workers, both QObjects moved to a QThread (never a QThread subclass, never terminate()):
 
-- ``ChatWorker``: one per chat pane. It keeps its own ``core.generation.ModelSession`` (loaded on the
+- ``ChatWorker``: one per chat pane, or one for both (the page's default ``pair_answers``: a ``ChatPair``
+  answers both panes from one model, in one mixed-adapter batch for LoRA runs). It keeps its own ``core.generation.ModelSession`` (loaded on the
   first request, reused while the run/checkpoint stays the same) and streams tokens of one request at a
   time. Every request carries a generation id; the page drops tokens whose id is not the current one,
   so a cancelled answer can never leak into the next one.
@@ -66,6 +67,14 @@ class ChatRequest:
     prompt_format: Any = None
     continue_text: str = ""  # "Continue": the answer so far; the model goes on after it
     continue_ids: tuple = ()  # ... and its tokens (GenerationResult.token_ids), so nothing is re-tokenized
+
+
+@dataclass(frozen=True)
+class ChatPair:
+    """Both panes' requests for one prompt, answered by one worker from one loaded model (same source and
+    checkpoint, same generation settings and stop token)."""
+
+    requests: tuple  # (ChatRequest, ChatRequest)
 
 
 @dataclass(frozen=True)
@@ -138,31 +147,57 @@ class ChatWorker(QObject):
         self._session_key: tuple[str, str | None] | None = None
 
     @Slot(object)
-    def run_request(self, request: ChatRequest) -> None:
-        """Generate one answer (load or switch the model first when needed)."""
+    def run_request(self, request) -> None:
+        """Generate one answer, or both answers of a ChatPair (load or switch the model first when needed)."""
+        if isinstance(request, ChatPair):
+            self._run_pair(request)
+        else:
+            self._run_one(request)
+
+    def _ensure_session(self, request: ChatRequest, sides: tuple[str, ...]) -> float:
+        """Load the request's model unless it is the one already loaded; the seconds it took."""
+        key = (request.source, request.checkpoint)
+        if self._session is not None and self._session_key == key:
+            return 0.0
         started = time.perf_counter()
+        for side in sides:
+            self.statusChanged.emit(ChatStatus(request.generation_id, side, "Loading the model…"))
+        self._session = None  # free the previous model before loading the next one
+        with _LOAD_LOCK:
+            import_heavy_libraries()
+            self._session = self._factory(request.source, request.checkpoint)
+        self._session_key = key
+        return time.perf_counter() - started
+
+    def _check_finetuned(self, request: ChatRequest) -> None:
+        if request.use_adapter and not getattr(self._session, "has_finetuned",
+                                               getattr(self._session, "has_adapter", False)):
+            from core.errors import ModelError
+
+            raise ModelError(f"{request.source}: no fine-tuned weights to answer with")
+
+    @staticmethod
+    def _error_message(exc: Exception) -> str | None:
+        from core.errors import Cancelled, StudioError
+
+        if isinstance(exc, Cancelled):
+            return None
+        if isinstance(exc, StudioError):
+            return str(exc)
+        logger.exception("chat answer failed")
+        return f"{type(exc).__name__}: {exc}"
+
+    def _run_one(self, request: ChatRequest, load_seconds: float = 0.0) -> None:
+        started = time.perf_counter() - load_seconds
         first_token: list[float] = []
         pieces: list[str] = []
-        load_seconds = 0.0
         if request.stop.is_set:  # cancelled while queued: do not even load
             self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, error=None,
                                                 result=None, text=""))
             return
         try:
-            key = (request.source, request.checkpoint)
-            if self._session is None or self._session_key != key:
-                self.statusChanged.emit(ChatStatus(request.generation_id, request.side, "Loading the model…"))
-                self._session = None  # free the previous model before loading the next one
-                with _LOAD_LOCK:
-                    import_heavy_libraries()
-                    self._session = self._factory(request.source, request.checkpoint)
-                self._session_key = key
-                load_seconds = time.perf_counter() - started
-            if request.use_adapter and not getattr(self._session, "has_finetuned",
-                                                   getattr(self._session, "has_adapter", False)):
-                from core.errors import ModelError
-
-                raise ModelError(f"{request.source}: no fine-tuned weights to answer with")
+            load_seconds += self._ensure_session(request, (request.side,))
+            self._check_finetuned(request)
             self.statusChanged.emit(ChatStatus(request.generation_id, request.side, "Generating…"))
 
             def on_token(text: str) -> None:
@@ -183,17 +218,65 @@ class ChatWorker(QObject):
                                                 load_seconds=load_seconds,
                                                 first_token_seconds=first_token[0] if first_token else None))
         except Exception as exc:  # shown in the pane; a broken request must not kill the thread
-            from core.errors import Cancelled, StudioError
-
-            if isinstance(exc, Cancelled):
-                message = None
-            elif isinstance(exc, StudioError):
-                message = str(exc)
-            else:
-                message = f"{type(exc).__name__}: {exc}"
-                logger.exception("chat answer failed")
             self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, text="".join(pieces),
-                                                error=message, load_seconds=load_seconds))
+                                                error=self._error_message(exc), load_seconds=load_seconds))
+
+    def _run_pair(self, pair: ChatPair) -> None:
+        """Both panes from one loaded model: one mixed-adapter batch streaming both answers at once when the
+        model allows it (a LoRA run), else one answer after the other from the same model."""
+        requests = pair.requests
+        first = requests[0]
+        sides = tuple(r.side for r in requests)
+        started = time.perf_counter()
+        if first.stop.is_set:
+            for request in requests:
+                self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, text=""))
+            return
+        try:
+            load_seconds = self._ensure_session(first, sides)
+            for request in requests:
+                self._check_finetuned(request)
+        except Exception as exc:
+            message = self._error_message(exc)
+            for request in requests:
+                self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, error=message))
+            return
+        if not getattr(self._session, "can_pair", False) or not hasattr(self._session, "generate_pair"):
+            for i, request in enumerate(requests):
+                if i:
+                    self.statusChanged.emit(ChatStatus(request.generation_id, request.side,
+                                                       "Waiting for the other answer (one model, one at a time)…"))
+            for request in requests:
+                self._run_one(request, load_seconds if request is first else 0.0)
+            return
+        first_token: dict[str, float] = {}
+        pieces: dict[str, list[str]] = {side: [] for side in sides}
+
+        def on_token_for(side: str, generation_id: int):
+            def on_token(text: str) -> None:
+                first_token.setdefault(side, time.perf_counter() - started)
+                pieces[side].append(text)
+                self.tokenArrived.emit(TokenChunk(generation_id, side, text))
+            return on_token
+
+        for request in requests:
+            self.statusChanged.emit(ChatStatus(request.generation_id, request.side, "Generating…"))
+        try:
+            extra = {"prompt_format": first.prompt_format} if first.prompt_format is not None else {}
+            results = self._session.generate_pair(
+                [list(r.messages) for r in requests], first.gen_cfg, use_adapter=[r.use_adapter for r in requests],
+                on_tokens=[on_token_for(r.side, r.generation_id) for r in requests], stop=first.stop, **extra)
+        except Exception as exc:
+            message = self._error_message(exc)
+            for request in requests:
+                self.answerFinished.emit(ChatAnswer(request.generation_id, request.side,
+                                                    text="".join(pieces[request.side]), error=message,
+                                                    load_seconds=load_seconds))
+            return
+        for request, result in zip(requests, results, strict=True):
+            self.answerFinished.emit(ChatAnswer(request.generation_id, request.side, text=result.text, result=result,
+                                                load_seconds=load_seconds,
+                                                first_token_seconds=first_token.get(request.side)))
 
     @Slot()
     def release(self) -> None:

@@ -245,3 +245,45 @@ def test_probe_answers_in_a_batch_equal_one_by_one(session):
         alone = [generate_probe_answer(model, session.tokenizer, data_cfg, cfg, p, max_new_tokens=8) for p in prompts]
         together = generate_probe_answers(model, session.tokenizer, data_cfg, cfg, prompts, max_new_tokens=8)
     assert [(text, n) for text, n, _ in together] == alone
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_both_panes_from_one_generate_equal_each_answer_alone(session, penalty):
+    # The Chat page's one-model mode: base and fine-tuned rows in one mixed-adapter batch (prompts of different
+    # lengths, so the shorter is left-padded) stream the same tokens and text as each answer generated alone.
+    assert session.can_pair
+    prompts = [[{"role": "user", "content": "Hi"}],
+               [{"role": "user", "content": "Why is the sky blue when the sun is high?"}]]
+    cfg = GenerationConfig(max_new_tokens=12, do_sample=False, repetition_penalty=penalty)
+    for flags in ((False, True), (True, False)):
+        alone = [session.generate(p, cfg, use_adapter=flag) for p, flag in zip(prompts, flags, strict=True)]
+        assert alone[0].token_ids != session.generate(prompts[0], cfg, use_adapter=not flags[0]).token_ids
+        pieces: list[list[str]] = [[], []]
+        together = session.generate_pair(prompts, cfg, use_adapter=flags,
+                                         on_tokens=[pieces[0].append, pieces[1].append])
+        assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+        assert [r.text for r in together] == [r.text for r in alone]
+        assert ["".join(p) for p in pieces] == [r.text for r in together]
+        assert all(len(p) > 1 for p in pieces)  # streamed piece by piece, not at the end
+        assert [r.stopped_by for r in together] == [r.stopped_by for r in alone]
+
+
+def test_paired_answers_honour_stop_strings_and_cancel(session):
+    cfg = greedy(12)
+    alone = session.generate("What is the capital of France?", cfg, use_adapter=True)
+    cut = alone.text[len(alone.text) // 2:][:3] or alone.text[-2:]
+    cfg_stop = greedy(12, stop_strings=[cut])
+    together = session.generate_pair(["What is the capital of France?", "Hi"], cfg_stop, use_adapter=[True, False])
+    assert together[0].stopped_by == "stop_string" and cut not in together[0].text
+    assert together[1].token_ids == session.generate("Hi", cfg_stop, use_adapter=False).token_ids
+    stop = StopToken()
+    seen: list[str] = []
+
+    def on_piece(piece: str) -> None:
+        seen.append(piece)
+        stop.request("user")
+
+    cancelled = session.generate_pair(["Hi", "Hello"], greedy(40), use_adapter=[False, True],
+                                      on_tokens=[on_piece, None], stop=stop)
+    assert [r.stopped_by for r in cancelled] == ["cancelled", "cancelled"]
+    assert all(r.n_tokens <= 3 for r in cancelled)

@@ -104,27 +104,55 @@ def _wait_idle(qtbot, page, timeout=30000):
     qtbot.waitUntil(lambda: not page.is_busy, timeout=timeout)
 
 
-def test_both_panes_stream_at_the_same_time(qtbot, chat_page):
-    page = chat_page
-    assert page.run_combo.currentData() is not None  # newest run preselected
-    arrivals = {"base": [], "tuned": []}
-    for side in arrivals:
-        page._thread_for(side).worker.tokenArrived.connect(
-            lambda chunk, _s=side: arrivals[chunk.side].append(time.perf_counter()))
+def _stream_both(qtbot, page):
+    order: list[str] = []  # which side each streamed piece belonged to, in arrival order
+    page._thread_for("base").worker.tokenArrived.connect(lambda chunk: order.append(chunk.side))
+    if page._thread_for("tuned") is not page._thread_for("base"):
+        page._thread_for("tuned").worker.tokenArrived.connect(lambda chunk: order.append(chunk.side))
     page.send("What is the capital of France?")
-    # Both sides are dispatched at once, each to its own worker thread (the mechanic of concurrency).
     assert page._pending == {"base", "tuned"}
-    assert page._thread_for("base") is not page._thread_for("tuned")
     _wait_idle(qtbot, page)
-    base_text = page.panes["base"].text()
-    tuned_text = page.panes["tuned"].text()
     turn = page._turns[-1]
     assert turn.answers["base"] and turn.answers["tuned"]
     assert turn.answers["base"] != turn.answers["tuned"]  # the adapter is really applied
-    assert turn.answers["base"] in base_text and turn.answers["tuned"] in tuned_text
-    assert len(arrivals["base"]) > 1 and len(arrivals["tuned"]) > 1  # streamed piece by piece
+    assert turn.answers["base"] in page.panes["base"].text() and turn.answers["tuned"] in page.panes["tuned"].text()
+    assert order.count("base") > 1 and order.count("tuned") > 1  # streamed piece by piece
     assert set(page.timings) == {"base", "tuned"}
     assert all(t["first_token_seconds"] > 0 for t in page.timings.values())
+    return order, turn.answers
+
+
+def test_both_panes_stream_at_the_same_time_from_one_model(qtbot, chat_page):
+    from core.generation import ModelSession
+
+    loads = []
+    chat_page._thread_for("base").worker._factory = lambda source, checkpoint: loads.append(source) or ModelSession(
+        source, checkpoint=checkpoint, device="cpu")
+    assert chat_page._thread_for("base") is chat_page._thread_for("tuned")  # one worker, one model
+    order, _ = _stream_both(qtbot, chat_page)
+    assert len(loads) == 1
+    # One mixed-adapter generate: the two answers' pieces interleave instead of one after the other.
+    assert order.index("tuned") < len(order) - 1 - order[::-1].index("base")
+    assert order.index("base") < len(order) - 1 - order[::-1].index("tuned")
+
+
+def test_a_model_per_pane_gives_the_same_answers(qtbot, workspace, tiny_model_dir, thread_guard):
+    from gui.pages.chat_page import ChatPage
+    from gui.state import StudioState
+
+    make_adapter_run(workspace, tiny_model_dir)
+    state = StudioState(workspace=workspace)
+    state.config.model.name_or_path = str(tiny_model_dir)
+    answers = {}
+    for pair in (True, False):
+        page = ChatPage(state, pair_answers=pair)
+        qtbot.addWidget(page)
+        page.max_tokens_spin.setValue(24)
+        if not pair:
+            assert page._thread_for("base") is not page._thread_for("tuned")
+        answers[pair] = _stream_both(qtbot, page)[1]
+        assert page.shutdown(20000)
+    assert answers[True] == answers[False]  # greedy: batching both panes changes nothing
 
 
 def test_stop_drops_stale_tokens(qtbot, chat_page):

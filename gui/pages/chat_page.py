@@ -43,7 +43,7 @@ from core.cancel import StopToken
 from core.config import GenerationConfig, field_meta
 from core.generation import stop_reason
 from gui import plain
-from gui.chat_workers import ChatAnswer, ChatPaneThread, ChatRequest, ChatStatus, SharedSessions, TokenChunk
+from gui.chat_workers import ChatAnswer, ChatPair, ChatPaneThread, ChatRequest, ChatStatus, SharedSessions, TokenChunk
 from gui.consent_prompt import confirm_run_consents
 from gui.widgets.help_button import HelpButton
 from gui.widgets.page_heading import compact_page_layout
@@ -152,11 +152,15 @@ class ChatPage(QWidget):
 
     busyChanged = Signal(bool)
 
-    def __init__(self, state, parent=None, *, session_factory=None, share_model: bool = False):
+    def __init__(self, state, parent=None, *, session_factory=None, share_model: bool = False,
+                 pair_answers: bool = True):
         super().__init__(parent)
         self.state = state
-        # share_model: one ModelSession for both panes (half the memory, answers one after the other);
-        # default: one session per pane so both answers stream at the same time.
+        # pair_answers (default): one worker and one loaded model for both panes; a LoRA run answers both in
+        # one mixed-adapter batch, so both stream at once with half the memory of a model per pane.
+        # Otherwise one worker per pane: share_model gives them one ModelSession (half the memory, answers one
+        # after the other); without it each pane loads its own copy.
+        self.pair_answers = pair_answers
         self._shared = SharedSessions(session_factory) if share_model else None
         self._session_factory = session_factory
         self._threads: dict[str, ChatPaneThread] = {}
@@ -467,6 +471,8 @@ class ChatPage(QWidget):
         return bool(self._pending)
 
     def _thread_for(self, side: str) -> ChatPaneThread:
+        if self.pair_answers:
+            side = "pair"
         if side not in self._threads:
             pane_thread = ChatPaneThread(self._shared or self._session_factory, name=f"chat-{side}")
             pane_thread.worker.tokenArrived.connect(self._on_token)
@@ -512,6 +518,7 @@ class ChatPage(QWidget):
         # No run chosen: write the prompt in the current config's template, the format a run made from it
         # learns and whose base side answers with it; so the base answer is the same with or without a run.
         plain_format = None if self.run_combo.currentData() else self.state.config.data
+        requests: list[ChatRequest] = []
         for side in SIDES:
             pane = self.panes[side]
             pane.limit_bar.setVisible(False)
@@ -538,7 +545,13 @@ class ChatPage(QWidget):
             )
             self._last_requests[side] = request
             self._pending.add(side)
-            self._thread_for(side).submit(request)
+            requests.append(request)
+        same_model = len({(r.source, r.checkpoint) for r in requests}) == 1
+        if self.pair_answers and len(requests) == 2 and same_model:
+            self._thread_for("pair").submit(ChatPair(tuple(requests)))
+        else:
+            for request in requests:
+                self._thread_for(request.side).submit(request)
         self._set_busy_ui()
         self._update_turns_label()
         return self._generation_id
