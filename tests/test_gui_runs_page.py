@@ -169,3 +169,37 @@ def test_delete_is_disabled_while_any_selected_run_is_live(runs_page):
     write_status(beta, state="stopped")
     page.select_runs([alpha, beta])
     assert page.delete_button.isEnabled()
+
+
+def test_export_refuses_a_run_another_process_holds(qtbot, runs_page, monkeypatch, tmp_path):
+    # As `export` on the command line: the window's export takes the run's lock, so it never reads checkpoints a
+    # training elsewhere is rotating away; the message says who holds the run, and nothing is written.
+    import subprocess
+    import sys
+
+    import gui.pages.runs_page as runs_module
+
+    shown = []
+    monkeypatch.setattr(runs_module, "warning", lambda parent, title, text: shown.append(text))
+    run_dir = _path(runs_page, runs_page._runs[0].name)
+    root = Path(__file__).resolve().parent.parent
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from core.locks import RunLock; "
+         f"lock = RunLock({str(run_dir)!r}, 'resume from a terminal').acquire(); print('held', flush=True); sys.stdin.read()"],
+        cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        target = tmp_path / "export-while-held"
+        runs_page.last_outcome = None
+        runs_page.export_run(run_dir, "adapter", target)
+        qtbot.waitUntil(lambda: runs_page.last_outcome is not None and not runs_page.is_busy, timeout=60000)
+        assert runs_page.last_outcome.error and "resume from a terminal" in runs_page.last_outcome.error
+        assert shown and "resume from a terminal" in shown[-1]
+        assert not target.exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    runs_page.last_outcome = None
+    runs_page.export_run(run_dir, "adapter", tmp_path / "export-after")  # released: the export goes through
+    qtbot.waitUntil(lambda: runs_page.last_outcome is not None and not runs_page.is_busy, timeout=120000)
+    assert runs_page.last_outcome.error is None and (tmp_path / "export-after" / "adapter_config.json").is_file()

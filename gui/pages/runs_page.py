@@ -657,6 +657,17 @@ class RunsPage(QWidget):
         run_dir, destination = Path(run_dir), Path(destination)
 
         def work(stop, progress):
+            from core.locks import RunLock
+            from core.runs import is_run_dir
+
+            # One process per run folder, as `export` on the command line: an export never reads checkpoints a
+            # training (here or in a terminal) is rotating away; a busy run says who holds it.
+            if not is_run_dir(run_dir):
+                return export_now(progress)
+            with RunLock(run_dir, f"export {run_dir.name} (FineTune Studio window)"):
+                return export_now(progress)
+
+        def export_now(progress):
             from core import export
 
             progress(None, f"exporting {kind}")
