@@ -138,6 +138,41 @@ def disk_full_message(folder: Path, needed: int | None, free: int | None, *, wha
 
 
 # --------------------------------------------------------------------------------------------- cleanup
+def sync_folder(folder: Path) -> int:
+    """fsync every file under ``folder`` and the folders themselves: what the COMPLETE marker then promises is
+    on the disk, not only in the page cache (a power cut right after a save cannot leave a "complete"
+    checkpoint with empty files). Returns the number of files synced."""
+    synced = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except OSError:  # vanished or unreadable: the checks before resume report the folder
+                logger.debug("%s: cannot open %s to sync it", folder, name, exc_info=True)
+                continue
+            try:
+                os.fsync(fd)
+                synced += 1
+            finally:
+                os.close(fd)
+        sync_directory(Path(root))
+    return synced
+
+
+def sync_directory(folder: Path) -> None:
+    """fsync a directory (its entries: new and renamed files); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory; NTFS journals the names itself
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory: the files themselves were synced
+        logger.debug("%s: fsync of the directory refused", folder, exc_info=True)
+    finally:
+        os.close(fd)
+
+
 def remove_checkpoint(folder: Path) -> None:
     """Delete a checkpoint folder, its COMPLETE marker first: a kill mid-delete leaves an incomplete
     folder (ignored and cleaned later), never a complete-looking half."""

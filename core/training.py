@@ -456,7 +456,9 @@ def trainer_class():
             config = run_dir / runs.CONFIG_FILE
             if config.is_file():
                 shutil.copyfile(config, folder / checkpoints.CONFIG_COPY)
+            checkpoints.sync_folder(folder)  # the files on disk before the marker says they are
             atomic_write_text(folder / runs.COMPLETE_MARKER, f"{time.time()}\n")
+            checkpoints.sync_directory(folder)  # the marker's name too
             checkpoints.rotate(run_dir, self.studio_keep, self.state.best_model_checkpoint)
 
         def studio_take_over_rotation(self, run_dir: Path) -> None:

@@ -312,6 +312,38 @@ def test_kill_between_save_and_complete_keeps_the_previous_checkpoint(cfg, tmp_p
     assert kept == sorted({6, best}) and not list(run.rglob(".tmp*"))
 
 
+def test_checkpoint_files_reach_the_disk_before_the_complete_marker(cfg, tmp_path, monkeypatch):
+    """Every file of a checkpoint is fsynced before COMPLETE is written: after a power cut a "complete"
+    checkpoint never holds files that were still only in the page cache."""
+    import core.checkpoints as checkpoints_module
+    from core.training import train
+
+    synced: dict[str, list[str]] = {}
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.setdefault("paths", []).append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    calls = []
+    real_sync_folder = checkpoints_module.sync_folder
+
+    def sync_folder(folder):
+        calls.append((Path(folder).name, (Path(folder) / "COMPLETE").exists()))
+        synced["paths"] = []
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "fsync", recording_fsync)
+            count = real_sync_folder(folder)
+        files = {str(p.resolve()) for p in Path(folder).rglob("*") if p.is_file()}
+        assert files and files <= set(synced["paths"]) and count == len(files)
+        return count
+
+    monkeypatch.setattr(checkpoints_module, "sync_folder", sync_folder)
+    train(cfg, workspace=tmp_path / "ws")
+    assert calls and all(not complete for _, complete in calls)  # synced first, marked complete after
+    assert {name for name, _ in calls} >= {"checkpoint-2", "checkpoint-4"}
+
+
 def test_rotation_keeps_the_newest_and_the_best_and_clears_stale_halves(tmp_path):
     from core.checkpoints import rotate
 
