@@ -44,9 +44,10 @@ def _details(log_path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.environment import prepare_environment
     from core.logs import setup_logging
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prepare_environment()  # before any command imports transformers / TRL (no telemetry, no tokenizer threads)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -337,8 +337,9 @@ def worker(config_path: str, run_dir: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         from core.cli import main as _cli_main  # noqa: F401  same environment set-up as the CLI
+        from core.environment import prepare_environment
 
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        prepare_environment()
         try:
             sys.exit(worker(sys.argv[2], sys.argv[3]))
         except Exception as exc:  # noqa: BLE001 - one line a user can read; the launcher relays it

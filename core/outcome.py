@@ -15,6 +15,9 @@ from pathlib import Path
 # that moves less than 1 % between two evaluations of a small held-out set is within its noise.
 CLEAR_CHANGE = 0.05
 SMALL_CHANGE = 0.01
+# DPO runs are judged on held-out pairs: the share whose chosen answer gets the higher reward. 0.5 is chance;
+# at or above CLEAR_ACCURACY (with a positive margin) the model clearly took on the preferences.
+CLEAR_ACCURACY = 0.7
 
 
 @dataclass
@@ -33,6 +36,12 @@ class RunOutcome:
     notes: list[str] = field(default_factory=list)       # what else is worth knowing (noisy train loss, ...)
     next_steps: list[str] = field(default_factory=list)
     preference: bool = False  # a DPO run: its losses are the DPO loss of pairs, not a language-model loss
+    # DPO runs: the last logged reward accuracy and margin, on held-out pairs (``reward_split="eval"``) or,
+    # when none were kept, on training batches; ``reward_pairs`` is how many held-out pairs (None: unknown).
+    reward_accuracy: float | None = None
+    reward_margin: float | None = None
+    reward_pairs: int | None = None
+    reward_split: str | None = None
 
     @property
     def perplexity_before(self) -> float | None:
@@ -92,7 +101,9 @@ def summarize_outcome(run_dir: str | os.PathLike) -> RunOutcome:
                                   "on; the learning-rate finder suggests a safe value.")
         return outcome
     reference = best if best is not None else after
-    if before is not None and reference is not None:
+    if outcome.preference and _judge_preferences(outcome, records, before, after):
+        pass  # a DPO run is judged on its held-out rewards; its DPO loss is only a note
+    elif before is not None and reference is not None:
         change = (reference - before) / before if before > 0 else 0.0
         outcome.change_percent = 100 * change
         if change <= -CLEAR_CHANGE:
@@ -133,7 +144,10 @@ def summarize_outcome(run_dir: str | os.PathLike) -> RunOutcome:
     forgetting = load_forgetting(run_dir)
     if forgetting is not None:
         outcome.notes.append(forgetting.sentence())
-    if outcome.verdict == "worse":
+    if outcome.preference and outcome.verdict in ("worse", "no real change"):
+        outcome.next_steps.append("Give it more pairs (vote on a few dozen more answers in Chat's blind A/B mode) or "
+                                  "train more steps; check that the chosen answers really are the better ones.")
+    elif outcome.verdict == "worse":
         outcome.next_steps.append("Lower the learning rate (e.g. halve it) or train fewer steps, then compare again.")
     elif outcome.verdict == "no real change":
         outcome.next_steps.append("Train longer (more steps or epochs) or raise the learning rate a little.")
@@ -144,6 +158,60 @@ def summarize_outcome(run_dir: str | os.PathLike) -> RunOutcome:
     if state == "stopped":
         outcome.next_steps.insert(0, "Resume continues from the last checkpoint.")
     return outcome
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else "twice" if count == 2 else f"{count} times"
+
+
+def _judge_preferences(outcome: RunOutcome, records: list[dict], before: float | None,
+                       after: float | None) -> bool:
+    """Verdict and headline of a DPO run from its held-out reward accuracy and margin (the ``{"kind":
+    "preference", "split": "eval"}`` lines of metrics.jsonl), or from its training batches when no pairs were
+    held out. False when the run logged no rewards after step 0 (the caller falls back to the loss)."""
+    lines = [r for r in records if r.get("kind") == "preference" and int(r.get("step") or 0) > 0
+             and _finite(r.get("reward_accuracy")) is not None and _finite(r.get("reward_margin")) is not None]
+    held_out = [r for r in lines if r.get("split") == "eval"]
+    chosen = held_out or [r for r in lines if r.get("split") != "eval"]
+    if not chosen:
+        return False
+    last = chosen[-1]
+    accuracy, margin = float(last["reward_accuracy"]), float(last["reward_margin"])
+    pairs = int(_finite(last.get("pairs")) or 0) or None
+    outcome.reward_accuracy, outcome.reward_margin = accuracy, margin
+    outcome.reward_pairs, outcome.reward_split = (pairs if held_out else None), ("eval" if held_out else "train")
+    numbers = f"reward accuracy {accuracy:.2f}, margin {margin:+.2f}"
+    if held_out and pairs:
+        wins = round(accuracy * pairs)
+        where = f"On {pairs} held-out pair{'s' if pairs != 1 else ''}"
+        share = f"your chosen answer {_times(wins)} out of {pairs} ({numbers})"
+    elif held_out:
+        where, share = "On the held-out pairs", f"your chosen answer in {accuracy:.0%} of them ({numbers})"
+    else:
+        where, share = "On its training pairs", f"your chosen answer in {accuracy:.0%} of them ({numbers})"
+    if accuracy >= CLEAR_ACCURACY and margin > 0:
+        outcome.verdict = "clear improvement"
+        outcome.headline = f"{where} it now prefers {share}: it learned your preferences."
+    elif accuracy > 0.5 and margin > 0:
+        outcome.verdict = "small improvement"
+        outcome.headline = f"{where} it now prefers {share}: it leans towards your preferences."
+    elif accuracy < 0.5 or margin < 0:
+        outcome.verdict = "worse"
+        outcome.headline = f"{where} it prefers only {share}: it did not take on your preferences."
+    else:
+        outcome.verdict = "no real change"
+        outcome.headline = f"{where} it prefers {share}: no better than a coin toss."
+    if not held_out:
+        outcome.verdict = ""  # training pairs only: no evidence about answers it never saw
+        outcome.headline += (" No pairs were held out, so this says nothing about questions it never saw "
+                             "(set a held-out fraction).")
+    if before is not None and after is not None:
+        outcome.notes.append(f"Held-out DPO loss {before:.3f} → {after:.3f} (it starts at ln 2 = 0.693, where the "
+                             "model has no preference of its own yet; lower is better).")
+    outcome.notes.append("Reward accuracy: the share of pairs where training made the chosen answer gain more "
+                         "probability than the rejected one, compared with where the model started (0.5 is chance). "
+                         "Margin: by how much on average (beta × the difference in log-probability gained).")
+    return True
 
 
 def format_outcome(outcome: RunOutcome) -> str:

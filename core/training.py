@@ -321,6 +321,18 @@ def trainer_class():
                 return False
             return self._model_keeps_positions(model)
 
+        def training_step(self, *args, **kwargs):
+            from core import model_use
+
+            with model_use.running():  # forward + backward: a model load in another thread waits (core.model_use)
+                return super().training_step(*args, **kwargs)
+
+        def prediction_step(self, *args, **kwargs):
+            from core import model_use
+
+            with model_use.running():
+                return super().prediction_step(*args, **kwargs)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not self._fast_path(model, inputs, return_outputs):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -788,8 +800,10 @@ def train(cfg: RunConfig, *, workspace: str | os.PathLike | None = None, run_dir
 
     Returns a RunResult for finished and stopped runs; raises TrainingError (out of memory, NaN loss,
     disk full), ModelError, DataError or ConfigError after recording ``failed`` in status.json."""
+    from core.environment import prepare_environment
     from core.probes import normalize_probes, save_probe_settings
 
+    prepare_environment()  # the GUI, the CLI and scripts all train through here: no telemetry from TRL
     cfg = cfg.copy()
     cfg.validate()
     _check_reporting(cfg)
@@ -886,7 +900,9 @@ def resume(run_dir: str | os.PathLike, *, checkpoint: int | str | os.PathLike | 
     """Continue a stopped or interrupted run from its latest (or the chosen) complete checkpoint,
     with the optimizer, scheduler and random-number state saved there. The probe prompts (and their
     interval and length) are those of run_dir/probes.json unless given here."""
+    from core.environment import prepare_environment
 
+    prepare_environment()
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise TrainingError(f"{run_dir}: not a run folder (no {runs.CONFIG_FILE})")

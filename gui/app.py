@@ -71,7 +71,9 @@ def run_app(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     setup_logging("app" + (" (screenshot)" if args.screenshot else ""))
     _log_uncaught_exceptions()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from core.environment import prepare_environment
+
+    prepare_environment()  # no telemetry, no tokenizer threads: before any page imports transformers
     if args.screenshot and "QT_QPA_PLATFORM" not in os.environ and not os.environ.get("DISPLAY") \
             and not os.environ.get("WAYLAND_DISPLAY") and sys.platform.startswith("linux"):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
