@@ -454,7 +454,9 @@ def answer_batch(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]],
             done = stop is not None and stop.is_set
             return torch.full((ids.shape[0],), done, dtype=torch.bool, device=ids.device)
 
-    with torch.inference_mode():
+    from core import model_use
+
+    with torch.inference_mode(), model_use.running():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, logits_processor=processors,
                                 stopping_criteria=StoppingCriteriaList([_Cancel()]), **kwargs)
     seconds = (time.perf_counter() - started) / len(prompts)
@@ -518,7 +520,11 @@ class ModelSession:
             if progress:
                 progress(None, f"loading adapter {self.weights_dir}")
             try:
-                self.model = PeftModel.from_pretrained(self.base_model, str(self.weights_dir), is_trainable=False)
+                from core import model_use
+
+                with model_use.loading():
+                    self.model = PeftModel.from_pretrained(self.base_model, str(self.weights_dir),
+                                                           is_trainable=False)
             except (OSError, ValueError, KeyError) as exc:
                 raise ModelError(f"{self.weights_dir}: cannot load the adapter onto "
                                  f"{self.resolved.base_model.name_or_path} ({exc})") from None
@@ -538,7 +544,9 @@ class ModelSession:
     @contextlib.contextmanager
     def model_for(self, use_adapter: bool = True):
         """Hold the lock and yield the model answering as fine-tuned (True) or base (False)."""
-        with self._lock:
+        from core import model_use
+
+        with self._lock, model_use.running():
             if self.has_adapter and not use_adapter:
                 with self.model.disable_adapter():
                     yield self.model
@@ -733,7 +741,9 @@ class ModelSession:
         callbacks = list(on_tokens) + [None] * (len(built) - len(on_tokens))
         streamers = [_TokenStreamer(self.tokenizer, gen_cfg.stop_strings or [], cb or (lambda piece: None))
                      for cb in callbacks]
-        with self._lock:
+        from core import model_use
+
+        with self._lock, model_use.running():
             model = self.model
             kwargs = _generation_kwargs(gen_cfg, self.tokenizer, model)
             eos_ids = set(kwargs.get("eos_token_id") or [])

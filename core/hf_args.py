@@ -133,6 +133,13 @@ def apply_method(model, method_cfg: MethodConfig, *, gradient_checkpointing: boo
         for param in model.parameters():
             param.requires_grad_(True)
         return model
+    from core import model_use
+
+    with model_use.loading():  # peft builds the adapter layers: not while another thread runs a model
+        return _apply_peft(model, method_cfg, gradient_checkpointing)
+
+
+def _apply_peft(model, method_cfg, gradient_checkpointing):
     from peft import get_peft_model
 
     config = peft_config(method_cfg, model)

@@ -377,8 +377,13 @@ def load_model(model_cfg, *, device="cpu", dtype=None, quantize_4bit: bool = Fal
     logger.info("loading model %s from %s onto %s (dtype %s, 4-bit %s)", model_cfg.name_or_path, path, info.name,
                 dtype, quantize_4bit)
     started = time.monotonic()
+    from core import model_use
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with model_use.loading():  # not while another thread runs a model (see core.model_use)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            if not quantize_4bit:
+                model.to(info.torch_device)
     except (OSError, ValueError) as exc:
         logger.warning("loading model %s failed", path, exc_info=True)
         text = str(exc)
@@ -389,8 +394,6 @@ def load_model(model_cfg, *, device="cpu", dtype=None, quantize_4bit: bool = Fal
         if hub:
             raise _download_error(path, exc) from None
         raise ModelError(f"{path}: could not load the model ({text.splitlines()[0] if text else exc!r})") from None
-    if not quantize_4bit:
-        model.to(info.torch_device)
     logger.info("loaded model %s in %.1f s", model_cfg.name_or_path, time.monotonic() - started)
     return model
 
@@ -443,15 +446,18 @@ def _trainable_for_method(model, method_cfg) -> int:
         return _count(model)[0]
     if hasattr(model, "peft_config"):  # already wrapped: its own count is the answer
         return _count(model)[1]
-    with torch.device("meta"):
-        copy = AutoModelForCausalLM.from_config(model.config)
-    if method_cfg.method == "qlora":
-        # Same adapters as LoRA; only the frozen base is stored in 4 bits, which needs no GPU to count.
-        from peft import get_peft_model
+    from core import model_use
 
-        wrapped = get_peft_model(copy, hf_args.lora_config(method_cfg, copy))
-    else:
-        wrapped = hf_args.apply_method(copy, method_cfg)
+    with model_use.loading():  # meta-device building: not while another thread runs a model
+        with torch.device("meta"):
+            copy = AutoModelForCausalLM.from_config(model.config)
+        if method_cfg.method == "qlora":
+            # Same adapters as LoRA; only the frozen base is stored in 4 bits, which needs no GPU to count.
+            from peft import get_peft_model
+
+            wrapped = get_peft_model(copy, hf_args.lora_config(method_cfg, copy))
+        else:
+            wrapped = hf_args.apply_method(copy, method_cfg)
     return _count(wrapped)[1]
 
 

@@ -156,7 +156,9 @@ def generate_probe_answer(model: Any, tokenizer: Any, data_cfg: Any, gen_cfg: An
     input_ids = torch.tensor([ids], dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)  # one unpadded sequence: every token is real
     streamer = _TokenStreamer(tokenizer, greedy.stop_strings or [], lambda piece: None)
-    with torch.no_grad():
+    from core import model_use
+
+    with torch.no_grad(), model_use.running():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
                                 stopping_criteria=StoppingCriteriaList([_stopping_criterion(streamer, stop)]),
                                 use_cache=True,  # training may have switched the cache off (checkpointing)
