@@ -544,7 +544,7 @@ def dpo_train_steps(cfg, run_dir: Path, sinks, stop, extra_callbacks, resume_fro
     studio_callback = _make_callback(sinks, stop, run_dir, device, prior_elapsed)
     studio_callback.total_steps = _planned_steps(dpo_args, len(train_dataset))
     studio_callback.eval_examples = len(eval_dataset) if eval_dataset is not None else 0
-    preference_log = _dpo_log_callback(sinks, len(eval_dataset) if eval_dataset is not None else 0)
+    preference_log = _dpo_log_callback(sinks)
     trainer = _studio_dpo_trainer(DPOTrainer)(
         model=model, args=dpo_args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
         callbacks=[studio_callback, preference_log, *extra_callbacks])
