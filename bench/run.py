@@ -211,10 +211,25 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
     if wanted("chat"):
         print("chat")
         new_tokens = 16 if quick else 48
-        results["chat"] = run_worker("chat_bench:chat", mode="separate", max_new_tokens=new_tokens)
-        results["chat_shared"] = run_worker("chat_bench:chat", mode="shared", max_new_tokens=new_tokens)
-        results["chat_threads_1"] = run_worker("chat_bench:chat", mode="separate", threads=1,
+        adapter = run_worker("chat_bench:make_adapter")["folder"]
+        results["chat_paired"] = run_worker("chat_bench:chat", adapter=adapter, mode="paired",
+                                            max_new_tokens=new_tokens)
+        results["chat"] = run_worker("chat_bench:chat", adapter=adapter, mode="separate", max_new_tokens=new_tokens)
+        results["chat_shared"] = run_worker("chat_bench:chat", adapter=adapter, mode="shared",
+                                            max_new_tokens=new_tokens)
+        results["chat_threads_1"] = run_worker("chat_bench:chat", adapter=adapter, mode="separate", threads=1,
                                                max_new_tokens=new_tokens)
+        import shutil
+
+        shutil.rmtree(adapter, ignore_errors=True)
+    if wanted("peer"):
+        print("against LLaMA-Factory")
+        from bench.peer_bench import section as peer_section
+
+        try:
+            results["peer"] = peer_section(run_worker, work)
+        except (OSError, subprocess.CalledProcessError) as exc:  # no venv could be made: say so in the report
+            results["peer"] = {"error": f"LLaMA-Factory's environment: {exc}"}
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     return results
 
@@ -391,22 +406,28 @@ def markdown(results: dict) -> str:
         out += [f"| {a} | {b} | {c} | {_ok(v)} |" for a, b, c, v in gui_rows]
         out.append("")
     chat_rows = []
-    for key, label in (("chat", "two sessions (page default)"), ("chat_shared", "one shared session"),
-                       ("chat_threads_1", "two sessions, torch 1 thread")):
+    for key, label in (("chat_paired", "one model, both panes in one batch (page default)"),
+                       ("chat", "a model per pane"), ("chat_shared", "one shared model, answers in turn"),
+                       ("chat_threads_1", "a model per pane, torch 1 thread")):
         c = results.get(key, {})
         if "panes" in c:
             panes = c["panes"]
+            rss = _fmt_bytes(c.get("peak_rss_bytes")) if c.get("peak_rss_bytes") else "?"
             chat_rows.append(f"| {label} | " + " | ".join(
                 f"{panes[s]['ttft_seconds']} s, {panes[s]['tokens_per_second']} tok/s" for s in ("left", "right"))
                 + f" | {c['one_pane_alone']['ttft_seconds']} s, {c['one_pane_alone']['tokens_per_second']} tok/s | "
-                + _ok(c["worst_ttft_seconds"] < TARGETS["ttft_seconds"]) + " |")
+                + f"{rss} | " + _ok(c["worst_ttft_seconds"] < TARGETS["ttft_seconds"]) + " |")
         elif c:
-            chat_rows.append(f"| {label} | error | | | |")
+            chat_rows.append(f"| {label} | error: {str(c.get('error', c))[-200:]!r} | | | | |")
     if chat_rows:
-        out += ["### Chat (SmolLM2, both panes streaming at once, greedy, "
+        out += ["### Chat (SmolLM2 + a LoRA adapter, base left, fine-tuned right, both panes at once, greedy, "
                 f"{results.get('chat', {}).get('max_new_tokens', '?')} new tokens)", "",
-                "| setup | left pane TTFT, tokens/s | right pane | one pane alone | TTFT < 0.5 s |",
-                "|---|---|---|---|---|"] + chat_rows + [""]
+                "| setup | left pane TTFT, tokens/s | right pane | one pane alone | peak RSS | TTFT < 0.5 s |",
+                "|---|---|---|---|---|---|"] + chat_rows + [""]
+    if "peer" in results:
+        from bench.peer_bench import markdown as peer_markdown
+
+        out += ["### Against LLaMA-Factory (identical work)", ""] + peer_markdown(results["peer"]) + [""]
     verdicts = []
     for method in ("lora", "full"):
         for contender, key in (("tutorial", "app_vs_tutorial"), ("padded", "app_vs_padded")):
@@ -430,7 +451,8 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few examples, short caps: checks the suite itself")
-    parser.add_argument("--only", help="comma-separated sections: throughput,throughput_update,ablations,profile,quality,gui,chat")
+    parser.add_argument("--only", help="comma-separated sections: throughput,throughput_update,ablations,profile,quality,gui,chat,"
+                        "peer (LLaMA-Factory on identical work; needs the peer's venv, created if missing)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for latest.json / latest.md")
     parser.add_argument("--report", metavar="JSON", help="only re-render the Markdown of a saved result file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
