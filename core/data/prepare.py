@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -12,20 +14,21 @@ import random
 import shutil
 import statistics
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.cancel import ProgressFn, StopToken
-from core.data.read import BadRow, RawDataset, save_jsonl
+from core.data.read import BadRow, RawDataset
 from core.data.render import render_segments
-from core.data.schema import SchemaGuess, load_records
+from core.data.schema import SchemaGuess, stream_records
 from core.data.tokenize import _adds_bos, tokenize_segments
 from core.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: Arrow files (records, train, test) written while streaming
 
 
 @dataclass
@@ -217,7 +220,8 @@ def data_summary(data_cfg, *, max_rows: int | None = None, stop: StopToken | Non
     ``data.skip_bad_rows`` says (``DataSummary.problems`` tells whether training would stop on them);
     a whole-file problem (unknown format, preference data...) raises DataError."""
     relaxed = dataclasses.replace(data_cfg, skip_bad_rows=True)
-    raw, guess, _, lines = load_records(relaxed, stop=stop, progress=progress, max_rows=max_rows)
+    raw, guess, stream = stream_records(relaxed, stop=stop, progress=progress, max_rows=max_rows)
+    lines = [line for line, _ in stream]
     summary = summarize_records(raw, guess, lines, data_cfg, complete=max_rows is None or raw.n_in_file < max_rows)
     return summary
 
@@ -227,13 +231,19 @@ def require_trainable(data_cfg, tokenizer=None, *, stop: StopToken | None = None
     """Load and map the data exactly as training will (no tokenizing, no model) and raise the DataError
     training would raise; with a ``tokenizer``, the first example is also rendered with the template.
     Returns the DataSummary. Call it before creating a run folder."""
-    raw, guess, records, lines = load_records(data_cfg, stop=stop, progress=progress)
+    raw, guess, stream = stream_records(data_cfg, stop=stop, progress=progress)
+    lines: list[int] = []
+    first: dict | None = None
+    for line, record in stream:  # a row at a time: only the row numbers are kept
+        if first is None:
+            first = record
+        lines.append(line)
     summary = summarize_records(raw, guess, lines, data_cfg)
-    if not summary.train_rows:
+    if not summary.train_rows or first is None:
         raise DataError("no training examples", source=raw.source)
     if tokenizer is not None or data_cfg.template != "chat":
         try:
-            render_segments(records[0], data_cfg, tokenizer)
+            render_segments(first, data_cfg, tokenizer)
         except DataError as exc:
             raise DataError(exc.message, source=raw.source, field=exc.field) from None
     return summary
@@ -260,8 +270,8 @@ class PreparedData:
     n_truncated: int
     n_dropped: int
     fingerprint: str
-    train_records: list[dict]
-    test_records: list[dict]
+    train_records: Sequence[dict]  # a RecordList: read from the cache's records file when asked for
+    test_records: Sequence[dict]
     from_cache: bool = False
     n_no_trained_tokens: int = 0  # dropped because the prompt alone fills max_length
     summary: DataSummary | None = None
@@ -327,12 +337,63 @@ def _cache_folder(fingerprint: str) -> Path:
     return cache_dir() / "datasets" / fingerprint
 
 
-def _read_records(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+class RecordList(Sequence):
+    """The canonical records of one split, in order, read from the records file of the tokenized-data cache
+    when they are asked for (a 200,000-row dataset is not held as Python dicts). Indexing, slicing (a list)
+    and iterating work as on a list, and it compares equal to a list of the same records."""
+
+    def __init__(self, records: Any, positions: list[int]):
+        self._records = records  # datasets.Dataset with the columns line (int64) and record (JSON text)
+        self._positions = positions  # the rows of ``records`` in this split, in order
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return list(self._iterate(self._positions[index]))
+        return json.loads(self._records[self._positions[index]]["record"])
+
+    def __iter__(self) -> Iterator[dict]:
+        return self._iterate(self._positions)
+
+    def _iterate(self, positions: list[int]) -> Iterator[dict]:
+        for start in range(0, len(positions), _RECORD_BATCH_ROWS):
+            for text in self._records[positions[start:start + _RECORD_BATCH_ROWS]]["record"]:
+                yield json.loads(text)
+
+    def line_numbers(self) -> list[int]:
+        """The row number (as the reports show it) of each record."""
+        lines: list[int] = []
+        for start in range(0, len(self._positions), _RECORD_BATCH_ROWS):
+            lines.extend(self._records[self._positions[start:start + _RECORD_BATCH_ROWS]]["line"])
+        return lines
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, (RecordList, list, tuple)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RecordList({len(self)} records)"
+
+
+_RECORD_BATCH_ROWS = 1000  # records written / read / tokenized per batch: memory stays flat whatever the size
+_RECORD_BATCH_BYTES = 32 << 20  # ...and a batch of huge rows is written early
+
+
+def _token_features():
+    import datasets
+
+    return datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                              "labels": datasets.Sequence(datasets.Value("int64")),
+                              "attention_mask": datasets.Sequence(datasets.Value("int8"))})
 
 
 def _load_cached(folder: Path) -> PreparedData | None:
+    """The prepared data of a cache folder (memory-mapped Arrow files), or None when absent or damaged."""
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         return None
@@ -340,47 +401,183 @@ def _load_cached(folder: Path) -> PreparedData | None:
 
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        train = datasets.load_from_disk(str(folder / "train"))
-        test = datasets.load_from_disk(str(folder / "test")) if meta["has_test"] else None
+        records = datasets.Dataset.from_file(str(folder / "records.arrow"))
+        train = datasets.Dataset.from_file(str(folder / "train.arrow"))
+        test = datasets.Dataset.from_file(str(folder / "test.arrow")) if meta["has_test"] else None
         return PreparedData(
             train=train, test=test, stats=LengthStats(**meta["stats"]),
             bad_rows=[BadRow(**b) for b in meta["bad_rows"]], schema=SchemaGuess(**meta["schema"]),
             n_truncated=meta["n_truncated"], n_dropped=meta["n_dropped"], fingerprint=meta["fingerprint"],
-            train_records=_read_records(folder / "train_records.jsonl"),
-            test_records=_read_records(folder / "test_records.jsonl"), from_cache=True,
+            train_records=RecordList(records, meta["train_positions"]),
+            test_records=RecordList(records, meta["test_positions"]), from_cache=True,
             n_no_trained_tokens=meta.get("n_no_trained_tokens", 0), summary=_summary_from(meta.get("summary")))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # a damaged cache entry is rebuilt
 
 
-def _save_cache(folder: Path, prepared: PreparedData) -> None:
-    # Build in a temporary sibling folder and rename it into place, so a crash never leaves half a cache.
+@contextlib.contextmanager
+def _library_bars_off():
+    """datasets' own tqdm bars (map, writing) would garble the console and go nowhere in the GUI: progress is
+    reported through ``progress`` instead."""
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     bars_were_on = not are_progress_bars_disabled()
-    disable_progress_bars()  # a cache write is not worth a progress bar on the console
+    disable_progress_bars()
     try:
-        prepared.train.save_to_disk(str(tmp / "train"))
-        if prepared.test is not None:
-            prepared.test.save_to_disk(str(tmp / "test"))
-        save_jsonl(prepared.train_records, tmp / "train_records.jsonl")
-        save_jsonl(prepared.test_records, tmp / "test_records.jsonl")
-        meta = {"fingerprint": prepared.fingerprint, "has_test": prepared.test is not None,
-                "stats": dataclasses.asdict(prepared.stats), "bad_rows": [dataclasses.asdict(b) for b in prepared.bad_rows],
-                "schema": dataclasses.asdict(prepared.schema), "n_truncated": prepared.n_truncated,
-                "n_dropped": prepared.n_dropped, "n_no_trained_tokens": prepared.n_no_trained_tokens,
-                "summary": dataclasses.asdict(prepared.summary) if prepared.summary is not None else None}
-        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # caching is an optimisation: never fail the run over it
+        yield
     finally:
         if bars_were_on:
             enable_progress_bars()
+
+
+def _write_records(stream: Iterable[tuple[int, dict]], path: Path) -> list[int]:
+    """Write (row number, record) pairs to an Arrow stream file (columns line, record as JSON text), a batch
+    at a time; returns the row numbers."""
+    import pyarrow as pa
+
+    schema = pa.schema([("line", pa.int64()), ("record", pa.large_string())])
+    lines: list[int] = []
+    batch_lines: list[int] = []
+    batch_texts: list[str] = []
+    size = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        def flush() -> None:
+            writer.write_batch(pa.record_batch([pa.array(batch_lines, pa.int64()),
+                                                pa.array(batch_texts, pa.large_string())], schema=schema))
+            batch_lines.clear()
+            batch_texts.clear()
+
+        for line, record in stream:
+            text = json.dumps(record, ensure_ascii=False)
+            lines.append(line)
+            batch_lines.append(line)
+            batch_texts.append(text)
+            size += len(text)
+            if len(batch_lines) >= _RECORD_BATCH_ROWS or size >= _RECORD_BATCH_BYTES:
+                flush()
+                size = 0
+        if batch_lines:
+            flush()
+    return lines
+
+
+@dataclass
+class _Tally:
+    """What tokenizing both splits counts, in the order the examples are tokenized (train, then held-out)."""
+    total: int
+    done: int = 0
+    lengths: list[int] = field(default_factory=list)
+    length_rows: list[int] = field(default_factory=list)
+    n_truncated: int = 0
+    n_dropped: int = 0
+    n_empty: int = 0
+
+
+def _tokenize_split(records: Any, indices: list[int], out_path: Path, tag: str, data_cfg, tokenizer,
+                    max_length: int, tally: _Tally, stop: StopToken | None, progress: ProgressFn | None) -> list[int]:
+    """Tokenize the records at ``indices`` into the Arrow file ``out_path`` with ``datasets.map`` (batched,
+    written as it goes); returns the positions (in ``records``) of the examples kept."""
+    kept: list[int] = []
+
+    def tokenize_batch(batch: dict, offsets: list[int]) -> dict:
+        out: dict[str, list] = {"input_ids": [], "labels": [], "attention_mask": []}
+        for line, text, offset in zip(batch["line"], batch["record"], offsets, strict=True):
+            if tally.done % 64 == 0:
+                if stop is not None:
+                    stop.raise_if_set()
+                if progress is not None:
+                    progress(tally.done / tally.total, f"tokenizing: {tally.done}/{tally.total} examples")
+            tally.done += 1
+            example = tokenize_segments(render_segments(json.loads(text), data_cfg, tokenizer), tokenizer,
+                                        max_length, data_cfg.train_on_answers_only)
+            tally.lengths.append(example.full_length)
+            tally.length_rows.append(line)
+            if example.truncated and data_cfg.overlong == "drop":
+                tally.n_dropped += 1
+                continue
+            if example.n_trained == 0:
+                # The prompt alone fills max_length: nothing left to learn, and an all-masked batch gives NaN loss.
+                tally.n_dropped += 1
+                tally.n_empty += 1
+                continue
+            tally.n_truncated += example.truncated
+            out["input_ids"].append(example.input_ids)
+            out["labels"].append(example.labels)
+            out["attention_mask"].append(example.attention_mask)
+            kept.append(indices[offset])
+        return out
+
+    # Explicit fingerprints: datasets would otherwise hash the function (and the tokenizer inside it).
+    chosen = records.select(indices, new_fingerprint=f"{tag}-select")
+    chosen.map(tokenize_batch, batched=True, batch_size=_RECORD_BATCH_ROWS, with_indices=True,
+               remove_columns=records.column_names, features=_token_features(), cache_file_name=str(out_path),
+               load_from_cache_file=False, new_fingerprint=f"{tag}-tokens", writer_batch_size=_RECORD_BATCH_ROWS)
+    return kept
+
+
+def _build(data_cfg, tokenizer, max_length: int, fingerprint: str, work: Path, stop: StopToken | None,
+           progress: ProgressFn | None) -> None:
+    """Read, split and tokenize into the cache folder ``work`` (records.arrow, train.arrow, test.arrow,
+    meta.json), streaming: records go to disk as they are read, examples as they are tokenized."""
+    import datasets
+
+    raw, guess, stream = stream_records(data_cfg, stop=stop, progress=progress)
+    lines = _write_records(stream, work / "records.arrow")
+    logger.info("data %s: %d records read (%s), %d bad rows", data_cfg.source, len(lines), raw.kind,
+                len(raw.bad_rows))
+    summary = summarize_records(raw, guess, lines, data_cfg)
+    train_idx, test_idx, _ = training_split(len(lines), data_cfg)
+    records = datasets.Dataset.from_file(str(work / "records.arrow"))
+    tally = _Tally(total=len(train_idx) + len(test_idx))
+    kept = {split: _tokenize_split(records, indices, work / f"{split}.arrow", f"{fingerprint}-{split}", data_cfg,
+                                   tokenizer, max_length, tally, stop, progress) if indices else []
+            for split, indices in (("train", train_idx), ("test", test_idx))}
+    if not kept["train"]:
+        reasons = []
+        if tally.n_dropped - tally.n_empty:
+            reasons.append(f"{tally.n_dropped - tally.n_empty} are longer than max_length {max_length} and dropped "
+                           "(choose 'truncate' to keep them cut)")
+        if tally.n_empty:
+            reasons.append(f"{tally.n_empty} have a prompt that fills max_length {max_length} by itself, leaving no "
+                           "answer token to learn")
+        raise DataError(f"no training examples left of {tally.total}: " + "; ".join(reasons)
+                        + "; raise the max length", source=data_cfg.source)
+    stats = LengthStats.from_lengths(tally.lengths, max_length, tally.length_rows)
+    meta = {"fingerprint": fingerprint, "has_test": bool(kept["test"]), "stats": dataclasses.asdict(stats),
+            "bad_rows": [dataclasses.asdict(b) for b in raw.bad_rows], "schema": dataclasses.asdict(guess),
+            "n_truncated": tally.n_truncated, "n_dropped": tally.n_dropped, "n_no_trained_tokens": tally.n_empty,
+            "summary": dataclasses.asdict(summary), "train_positions": kept["train"], "test_positions": kept["test"]}
+    (work / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _rename(work: Path, folder: Path) -> None:
+    try:
+        os.replace(work, folder)
+    except OSError:
+        # Windows refuses to rename a folder with a file still memory-mapped: a Dataset of the build may live
+        # on in a reference cycle. Collecting takes ~0.2 s with torch loaded, so only when needed.
+        gc.collect()
+        os.replace(work, folder)
+
+
+def _publish(work: Path, folder: Path) -> PreparedData:
+    """Rename the finished ``work`` folder into place (a crash never leaves half a cache entry) and open it."""
+    if folder.exists():
+        existing = _load_cached(folder)
+        if existing is not None:  # another process (a rank of the same run) finished first: the same data
+            existing.from_cache = False
+            return existing
+        shutil.rmtree(folder, ignore_errors=True)  # damaged: a finished folder appears whole, by one rename
+    try:
+        _rename(work, folder)
+    except OSError:
+        if not (folder / "meta.json").is_file():  # not lost to another process's rename a moment before
+            raise
+    prepared = _load_cached(folder)
+    if prepared is None:
+        raise DataError(f"the tokenized data just written to {folder} cannot be read back")
+    prepared.from_cache = False
+    return prepared
 
 
 def _summary_from(values: dict | None) -> DataSummary | None:
@@ -407,7 +604,11 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], l
 def prepare_dataset(data_cfg, tokenizer, max_length: int, *, stop: StopToken | None = None,
                     progress: ProgressFn | None = None) -> PreparedData:
     """Load, normalise, render and tokenize the dataset into train/test ``datasets.Dataset`` objects
-    (input_ids, labels, attention_mask; unpadded), cached under ``cache_dir()/datasets``."""
+    (input_ids, labels, attention_mask; unpadded), cached under ``cache_dir()/datasets``.
+
+    Nothing grows with the data in memory but a few integers per row: records are streamed from the file
+    (JSON Lines) into an Arrow file, tokenized a batch at a time by ``datasets.map`` into Arrow files, and the
+    result is memory-mapped from the cache folder; the records of each split come back as a ``RecordList``."""
     fingerprint = dataset_fingerprint(data_cfg, tokenizer, max_length)
     folder = _cache_folder(fingerprint)
     cached = _load_cached(folder)
@@ -416,67 +617,18 @@ def prepare_dataset(data_cfg, tokenizer, max_length: int, *, stop: StopToken | N
         if progress is not None:
             progress(1.0, "tokenized dataset loaded from the cache")
         return cached
-    import datasets
-
-    raw, guess, records, lines = load_records(data_cfg, stop=stop, progress=progress)
-    logger.info("data %s: %d records read (%s), %d bad rows", data_cfg.source, len(records), raw.kind,
-                len(raw.bad_rows))
-    summary = summarize_records(raw, guess, lines, data_cfg)
-    train_idx, test_idx, _ = training_split(len(records), data_cfg)
-    lengths: list[int] = []
-    length_rows: list[int] = []
-    n_truncated = n_dropped = n_empty = 0
-    columns: dict[str, dict[str, list]] = {name: {"input_ids": [], "labels": [], "attention_mask": []}
-                                           for name in ("train", "test")}
-    kept: dict[str, list[dict]] = {"train": [], "test": []}
-    total = len(train_idx) + len(test_idx)
-    for done, (split, index) in enumerate([("train", i) for i in train_idx] + [("test", i) for i in test_idx]):
-        if done % 64 == 0:
-            if stop is not None:
-                stop.raise_if_set()
-            if progress is not None:
-                progress(done / total, f"tokenizing: {done}/{total} examples")
-        record = records[index]
-        example = tokenize_segments(render_segments(record, data_cfg, tokenizer), tokenizer, max_length,
-                                    data_cfg.train_on_answers_only)
-        lengths.append(example.full_length)
-        length_rows.append(lines[index])
-        if example.truncated and data_cfg.overlong == "drop":
-            n_dropped += 1
-            continue
-        if example.n_trained == 0:
-            # The prompt alone fills max_length: nothing left to learn, and an all-masked batch gives NaN loss.
-            n_dropped += 1
-            n_empty += 1
-            continue
-        n_truncated += example.truncated
-        columns[split]["input_ids"].append(example.input_ids)
-        columns[split]["labels"].append(example.labels)
-        columns[split]["attention_mask"].append(example.attention_mask)
-        kept[split].append(record)
-    if not kept["train"]:
-        reasons = []
-        if n_dropped - n_empty:
-            reasons.append(f"{n_dropped - n_empty} are longer than max_length {max_length} and dropped "
-                           "(choose 'truncate' to keep them cut)")
-        if n_empty:
-            reasons.append(f"{n_empty} have a prompt that fills max_length {max_length} by itself, leaving no "
-                           "answer token to learn")
-        raise DataError(f"no training examples left of {total}: " + "; ".join(reasons) + "; raise the max length",
-                        source=data_cfg.source)
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                  "labels": datasets.Sequence(datasets.Value("int64")),
-                                  "attention_mask": datasets.Sequence(datasets.Value("int8"))})
-    train = datasets.Dataset.from_dict(columns["train"], features=features)
-    test = datasets.Dataset.from_dict(columns["test"], features=features) if kept["test"] else None
-    prepared = PreparedData(train, test, LengthStats.from_lengths(lengths, max_length, length_rows), raw.bad_rows,
-                            guess, n_truncated, n_dropped, fingerprint, kept["train"], kept["test"],
-                            n_no_trained_tokens=n_empty, summary=summary)
-    _save_cache(folder, prepared)
+    # Built in a temporary sibling folder and renamed into place when complete.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with _library_bars_off():
+            _build(data_cfg, tokenizer, max_length, fingerprint, work, stop, progress)
+        prepared = _publish(work, folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # already gone when it was renamed into place
+    n_train, n_test = len(prepared.train), len(prepared.test) if prepared.test is not None else 0
     logger.info("data %s: tokenized %d training and %d held-out examples (max length %d: %d truncated, %d dropped)",
-                data_cfg.source, len(train), len(test) if test is not None else 0, max_length, n_truncated, n_dropped)
+                data_cfg.source, n_train, n_test, max_length, prepared.n_truncated, prepared.n_dropped)
     if progress is not None:
-        progress(1.0, f"tokenized {len(train)} training and {len(test) if test is not None else 0} held-out examples")
+        progress(1.0, f"tokenized {n_train} training and {n_test} held-out examples")
     return prepared
-
-

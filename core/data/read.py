@@ -212,6 +212,56 @@ def _read_jsonl(path: Path, **kwargs) -> RawDataset:
     return RawDataset(str(path), "jsonl", _columns_of(rows), rows, bad, numbers)
 
 
+# The first rows a streamed file keeps to detect its format: schema detection reads at most the first 500 rows
+# and _columns_of nests into the first 1000, so the result equals reading the whole file.
+STREAM_HEAD_ROWS = 1000
+
+
+def streamable_jsonl(source: str) -> Path | None:
+    """The path of ``source`` when it is one JSON Lines file (read a row at a time by ``scan_jsonl`` and
+    ``iter_jsonl_rows`` instead of into memory), else None."""
+    source = str(source).strip()
+    if not source or source.lower().startswith("sample:"):
+        return None
+    path = Path(source).expanduser()
+    return path if path.suffix.lower() in JSONL_EXTENSIONS and path.is_file() else None
+
+
+def scan_jsonl(path: Path, *, max_rows: int | None = None, skip_bad_rows: bool = False,
+               stop: StopToken | None = None, progress: ProgressFn | None = None) -> RawDataset:
+    """One pass over a JSON Lines file that keeps only what ``load_raw`` would say about it: the columns of
+    every row, the bad rows, the count, and the first ``STREAM_HEAD_ROWS`` rows (with their line numbers);
+    the same DataErrors as ``load_raw``. The rows themselves are then read again by ``iter_jsonl_rows``."""
+    if path.stat().st_size == 0:
+        raise DataError("the file is empty", source=str(path))
+    bad: list[BadRow] = []
+    head, numbers = [], []
+    seen: dict[str, None] = {}
+    count = 0
+    for number, row in _iter_jsonl(path, max_rows=max_rows, skip_bad_rows=skip_bad_rows, stop=stop,
+                                   progress=progress, bad_rows=bad):
+        count += 1
+        for key in row:
+            seen.setdefault(str(key), None)
+        if len(head) < STREAM_HEAD_ROWS:
+            head.append(row)
+            numbers.append(number)
+    if not count and not bad:
+        raise DataError("the file holds no rows (only blank lines or an empty list)", source=str(path))
+    # Top-level keys of every row, then the nested keys of the first rows: exactly _columns_of(all rows).
+    columns = list(seen) + [name for name in _columns_of(head) if name not in seen]
+    data = RawDataset(str(path), "jsonl", columns, head, bad, numbers)
+    data.n_in_file = count + len(bad)
+    return data
+
+
+def iter_jsonl_rows(path: Path, *, max_rows: int | None = None, stop: StopToken | None = None,
+                    progress: ProgressFn | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of every usable row of a file ``scan_jsonl`` has read (its bad rows are skipped
+    silently here: the scan has listed them)."""
+    return _iter_jsonl(path, max_rows=max_rows, skip_bad_rows=True, stop=stop, progress=progress, bad_rows=[])
+
+
 def _one_conversation(document: Any) -> bool:
     """A whole file that is a single conversation: {"messages": [...]} / {"conversations": [...]} (maybe
     with other keys such as "system" or "id"), or a bare list of messages."""

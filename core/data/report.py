@@ -6,7 +6,7 @@ import time
 
 from core.data.prepare import measure_lengths, summarize_records
 from core.data.render import TRAINED_CLOSE, TRAINED_OPEN, marked_text, render_segments
-from core.data.schema import load_records
+from core.data.schema import stream_records
 
 
 def _row_list(rows: list[int], limit: int = 20) -> str:
@@ -20,7 +20,13 @@ def inspect_report(data_cfg, tokenizer=None, n_examples: int = 3, max_length: in
     usable, train / held-out), bad and left-out rows, examples with the trained part marked, and length
     statistics with the longest and the truncated rows (whitespace words when no tokenizer is given)."""
     started = time.perf_counter()
-    raw, guess, records, lines = load_records(data_cfg)
+    raw, guess, stream = stream_records(data_cfg)
+    records: list[dict] = []  # only the first ones: examples and length statistics (a big file is not held)
+    lines: list[int] = []
+    for line, record in stream:
+        lines.append(line)
+        if len(records) < max(stats_limit, n_examples):
+            records.append(record)
     summary = summarize_records(raw, guess, lines, data_cfg)
     label = raw.line_label
     out = [f"Dataset:   {raw.source} ({raw.kind})",
@@ -42,14 +48,14 @@ def inspect_report(data_cfg, tokenizer=None, n_examples: int = 3, max_length: in
     for number, record in enumerate(records[:n_examples], start=1):
         segments = render_segments(record, data_cfg, tokenizer)
         out.append("")
-        out.append(f"--- Example {number} of {len(records)} ({raw.where(lines[number - 1])}) ---")
+        out.append(f"--- Example {number} of {len(lines)} ({raw.where(lines[number - 1])}) ---")
         out.append(marked_text(segments, data_cfg.train_on_answers_only))
     measured = records[:stats_limit]
     stats = measure_lengths(measured, lines, data_cfg, tokenizer, max_length)
     unit = (f"tokens ({getattr(tokenizer, 'name_or_path', 'tokenizer')})" if tokenizer is not None
             else "words (approximate: no tokenizer available, counted by whitespace)")
     out.append("")
-    out.append(f"Lengths in {unit}" + (f", first {stats_limit} examples" if len(records) > stats_limit else "") + ":")
+    out.append(f"Lengths in {unit}" + (f", first {stats_limit} examples" if len(lines) > stats_limit else "") + ":")
     out.append(f"  min {stats.min}, mean {stats.mean:.1f}, median {stats.median:g}, 95% {stats.p95}, "
                f"99% {stats.p99}, max {stats.max}")
     share = stats.n_over_max / stats.count if stats.count else 0.0

@@ -9,11 +9,23 @@ asks for the chosen answers (DPO) or the rows labelled true (KTO) explicitly.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from core.cancel import ProgressFn, StopToken
-from core.data.read import TEXT_CHUNK_CHARS, BadRow, RawDataset, column_value, has_column, is_message_list, load_raw
+from core.data.read import (
+    TEXT_CHUNK_CHARS,
+    BadRow,
+    RawDataset,
+    column_value,
+    has_column,
+    is_message_list,
+    iter_jsonl_rows,
+    load_raw,
+    scan_jsonl,
+    streamable_jsonl,
+)
 from core.errors import DataError
 
 # role -> column names that play it (lower case), best first
@@ -479,6 +491,63 @@ def load_records(data_cfg, *, stop: StopToken | None = None, progress: ProgressF
     raw = load_raw(data_cfg.source, hub_split=data_cfg.hub_split, skip_bad_rows=data_cfg.skip_bad_rows,
                    stop=stop, progress=progress, max_rows=max_rows,
                    text_chunk_chars=getattr(data_cfg, "text_chunk_chars", TEXT_CHUNK_CHARS) or TEXT_CHUNK_CHARS)
+    guess, drop = _resolve_raw(raw, data_cfg)
+    records, lines = [], []
+    # Plain text keeps its paragraphs and line breaks; the clean-up is for table cells.
+    clean = data_cfg.clean_whitespace and not raw.plain_text
+    for index, row in enumerate(raw.rows):
+        if stop is not None and index % 1000 == 0:
+            stop.raise_if_set()
+        line = raw.line_of(index)
+        record = _usable_record(raw, guess, data_cfg, row, line, drop, clean)
+        if record is not None:
+            records.append(record)
+            lines.append(line)
+    _finish(raw, bool(records))
+    return raw, guess, records, lines
+
+
+def stream_records(data_cfg, *, stop: StopToken | None = None, progress: ProgressFn | None = None,
+                   max_rows: int | None = None) -> tuple[RawDataset, SchemaGuess, Iterator[tuple[int, dict]]]:
+    """``load_records`` a row at a time: (raw data, schema, iterator of (row number, record)), the same records,
+    row numbers, bad and left-out rows and DataErrors in the same order.
+
+    A JSON Lines file is read twice and never held in memory: a first pass (now) counts it, collects its
+    columns and bad rows and detects the format from its first rows; the iterator reads it again and
+    normalises each row as it goes (``raw.bad_rows`` and ``raw.excluded`` are complete once it is exhausted).
+    Other sources (JSON, CSV, Parquet, text, folders, the Hub, samples) are read whole by ``load_records``
+    and only handed out one by one. ``progress`` runs 0 -> 0.5 over the first pass and 0.5 -> 1 over the second.
+    """
+    path = streamable_jsonl(data_cfg.source)
+    if path is None:
+        raw, guess, records, lines = load_records(data_cfg, stop=stop, progress=progress, max_rows=max_rows)
+        return raw, guess, iter(zip(lines, records, strict=True))
+
+    def scaled(offset: float):
+        if progress is None:
+            return None
+        label = f" (pass {1 + int(offset * 2)} of 2)"
+        return lambda fraction, message: progress(None if fraction is None else offset + fraction / 2, message + label)
+
+    raw = scan_jsonl(path, max_rows=max_rows, skip_bad_rows=data_cfg.skip_bad_rows, stop=stop, progress=scaled(0.0))
+    guess, drop = _resolve_raw(raw, data_cfg)
+    raw.rows, raw.line_numbers = [], []  # the first rows served the detection; the iterator reads the file again
+
+    def records() -> Iterator[tuple[int, dict]]:
+        found = False
+        for line, row in iter_jsonl_rows(path, max_rows=max_rows, stop=stop, progress=scaled(0.5)):
+            record = _usable_record(raw, guess, data_cfg, row, line, drop, data_cfg.clean_whitespace)
+            if record is not None:
+                found = True
+                yield line, record
+        _finish(raw, found)
+
+    return raw, guess, records()
+
+
+def _resolve_raw(raw: RawDataset, data_cfg) -> tuple[SchemaGuess, set[int]]:
+    """The schema of ``raw`` (DataError naming its source) and the row numbers data.drop_rows leaves out
+    (the bad ones among them move to ``raw.excluded``)."""
     drop = {int(n) for n in (getattr(data_cfg, "drop_rows", None) or [])}
     if drop:
         dropped_bad = [b for b in raw.bad_rows if b.line in drop]
@@ -487,45 +556,48 @@ def load_records(data_cfg, *, stop: StopToken | None = None, progress: ProgressF
     if not raw.rows:
         raise DataError(f"no usable rows ({len(raw.bad_rows)} bad rows skipped)", source=raw.source)
     try:
-        guess = resolve_schema(raw.columns, raw.rows, data_cfg)
+        return resolve_schema(raw.columns, raw.rows, data_cfg), drop
     except DataError as exc:
         raise DataError(exc.message, source=raw.source, field=exc.field) from None
-    records, lines = [], []
-    # Plain text keeps its paragraphs and line breaks; the clean-up is for table cells.
-    clean = data_cfg.clean_whitespace and not raw.plain_text
-    for index, row in enumerate(raw.rows):
-        if stop is not None and index % 1000 == 0:
-            stop.raise_if_set()
-        line = raw.line_of(index)
-        if line in drop:
-            raw.excluded.append(BadRow(line, "dropped (data.drop_rows)"))
-            continue
-        try:
-            if guess.keep_if_true:
-                label = _label_value(column_value(row, guess.keep_if_true))
-                if label is None:
-                    raise DataError(f"expected true or false, got {_short(column_value(row, guess.keep_if_true))}",
-                                    field=guess.keep_if_true)
-                if not label:
-                    raw.excluded.append(BadRow(line, f"{guess.keep_if_true}=false (a bad answer in KTO data): "
-                                                     "left out by data.preference=chosen_only"))
-                    continue
-            records.append(normalize_record(row, guess.schema, guess.column_map, clean))
-            lines.append(line)
-        except DataError as exc:
-            if not data_cfg.skip_bad_rows:
-                message = exc.message if "skip bad rows" in exc.message else exc.message + \
-                    "; fix it or enable 'skip bad rows'"
-                if raw.line_label == "row" or raw.parts or line in raw.start_lines:
-                    # DataError words its location as "line N"; tables say "row N (...)" in the message instead.
-                    error = DataError(f"{raw.where(line)}: " + (f"field '{exc.field}': " if exc.field else "")
-                                      + message, source=raw.source)
-                    error.line, error.field = line, exc.field
-                else:
-                    error = DataError(message, source=raw.source, line=line, field=exc.field)
-                raise error from None
-            raw.bad_rows.append(BadRow(line, f"field '{exc.field}': {exc.message}" if exc.field else exc.message))
-    if not records:
+
+
+def _usable_record(raw: RawDataset, guess: SchemaGuess, data_cfg, row: dict, line: int, drop: set[int],
+                   clean: bool) -> dict | None:
+    """The canonical record of one row, or None when it is left out (``raw.excluded``) or bad and skipped
+    (``raw.bad_rows``); a bad row raises a DataError naming its row when bad rows are not skipped."""
+    if line in drop:
+        raw.excluded.append(BadRow(line, "dropped (data.drop_rows)"))
+        return None
+    try:
+        if guess.keep_if_true:
+            label = _label_value(column_value(row, guess.keep_if_true))
+            if label is None:
+                raise DataError(f"expected true or false, got {_short(column_value(row, guess.keep_if_true))}",
+                                field=guess.keep_if_true)
+            if not label:
+                raw.excluded.append(BadRow(line, f"{guess.keep_if_true}=false (a bad answer in KTO data): "
+                                                 "left out by data.preference=chosen_only"))
+                return None
+        return normalize_record(row, guess.schema, guess.column_map, clean)
+    except DataError as exc:
+        if not data_cfg.skip_bad_rows:
+            message = exc.message if "skip bad rows" in exc.message else exc.message + \
+                "; fix it or enable 'skip bad rows'"
+            if raw.line_label == "row" or raw.parts or line in raw.start_lines:
+                # DataError words its location as "line N"; tables say "row N (...)" in the message instead.
+                error = DataError(f"{raw.where(line)}: " + (f"field '{exc.field}': " if exc.field else "")
+                                  + message, source=raw.source)
+                error.line, error.field = line, exc.field
+            else:
+                error = DataError(message, source=raw.source, line=line, field=exc.field)
+            raise error from None
+        raw.bad_rows.append(BadRow(line, f"field '{exc.field}': {exc.message}" if exc.field else exc.message))
+        return None
+
+
+def _finish(raw: RawDataset, found: bool) -> None:
+    """After the last row: a DataError when no record is usable; the bad and left-out rows in row order."""
+    if not found:
         if raw.bad_rows:
             first = raw.bad_rows[0]
             raise DataError(f"no usable rows: all {len(raw.bad_rows)} rows are bad (first: {raw.where(first.line)}: "
@@ -534,4 +606,3 @@ def load_records(data_cfg, *, stop: StopToken | None = None, progress: ProgressF
                         f"{raw.where(raw.excluded[0].line)}: {raw.excluded[0].message})", source=raw.source)
     raw.bad_rows.sort(key=lambda b: b.line)
     raw.excluded.sort(key=lambda b: b.line)
-    return raw, guess, records, lines
