@@ -417,9 +417,10 @@ def _start_adapter(start_from: str) -> Path | None:
                         "adapter_config.json, or an adapter folder); leave 'Start from' empty to start from the base")
 
 
-def _dpo_log_callback(sinks):
+def _dpo_log_callback(sinks, eval_pairs: int = 0):
     """Sends the DPO numbers of each log (loss, reward margin, chosen/rejected rewards, reward accuracy) to the
-    sinks as ``{"kind": "preference"}`` records: metrics.jsonl keeps them, the CLI prints them."""
+    sinks as ``{"kind": "preference"}`` records: metrics.jsonl keeps them, the CLI prints them. Held-out
+    records (``"split": "eval"``) also say over how many pairs (``"pairs"``), for the run summary's words."""
     from transformers import TrainerCallback
 
     names = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
@@ -439,6 +440,8 @@ def _dpo_log_callback(sinks):
                 return control
             record = {"kind": "preference", "split": "eval" if evaluation else "train", "step": int(state.global_step),
                       "loss": logs.get(prefix + "loss"), **values, "time": time.time()}
+            if evaluation and eval_pairs:
+                record["pairs"] = eval_pairs
             self.history.append(record)
             for sink in sinks:
                 on_record = getattr(sink, "on_record", None)
@@ -465,6 +468,10 @@ def dpo_train_steps(cfg, run_dir: Path, sinks, stop, extra_callbacks, resume_fro
     DPOConfig -> DPOTrainer with the studio callback -> train -> save final/. Called by core.training when
     ``method.method == "dpo"``; returns a core.training.RunResult."""
     check_trl()
+    from core.environment import prepare_environment
+
+    # TRL pings Hugging Face each time a trainer starts unless telemetry is off: set it before TRL loads.
+    prepare_environment()
     import datasets
     import transformers
     from transformers import PrinterCallback, ProgressCallback
@@ -544,7 +551,7 @@ def dpo_train_steps(cfg, run_dir: Path, sinks, stop, extra_callbacks, resume_fro
     studio_callback = _make_callback(sinks, stop, run_dir, device, prior_elapsed)
     studio_callback.total_steps = _planned_steps(dpo_args, len(train_dataset))
     studio_callback.eval_examples = len(eval_dataset) if eval_dataset is not None else 0
-    preference_log = _dpo_log_callback(sinks)
+    preference_log = _dpo_log_callback(sinks, len(eval_dataset) if eval_dataset is not None else 0)
     trainer = _studio_dpo_trainer(DPOTrainer)(
         model=model, args=dpo_args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
         callbacks=[studio_callback, preference_log, *extra_callbacks])
@@ -598,7 +605,8 @@ def reward_accuracy(run_dir, pairs: Sequence[PreferencePair] | None = None, *, b
     """Reward accuracy and mean log-prob margin of a finished DPO run on ``pairs`` (default: its training
     pairs): for each pair, log p(chosen) - log p(rejected) under the fine-tuned and the reference model; the
     implicit reward of an answer is beta x (its fine-tuned minus reference log-prob). Accuracy is the share
-    of pairs whose chosen answer gets the higher reward."""
+    of pairs whose chosen answer gets the higher reward. ``rows`` has each pair's numbers, in ``pairs`` order
+    (so the margins of two runs can be compared pair by pair)."""
     import torch
 
     from core.generation import ModelSession
@@ -641,4 +649,4 @@ def reward_accuracy(run_dir, pairs: Sequence[PreferencePair] | None = None, *, b
     return {"pairs": len(rows), "reward_accuracy": sum(r["correct"] for r in rows) / n,
             "reward_margin": sum(r["reward_margin"] for r in rows) / n,
             "logp_margin_tuned": sum(r["margin_tuned"] for r in rows) / n,
-            "logp_margin_reference": sum(r["margin_reference"] for r in rows) / n}
+            "logp_margin_reference": sum(r["margin_reference"] for r in rows) / n, "rows": rows}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -78,13 +79,23 @@ QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "Which plane
 
 
 def test_dpo_from_an_sft_adapter_learns_the_votes_and_loads_in_plain_peft(tiny_model_dir, tmp_path, isolated_home,
-                                                                         capsys):
+                                                                         capsys, monkeypatch):
+    import huggingface_hub.constants as hub_constants
+    import trl.trainer.base_trainer as trl_trainer
     from lora_run import make_lora_run
 
     from core.cli import main
     from core.preference import reward_accuracy
     from core.runs import read_metrics
 
+    # TRL's usage ping on trainer start: telemetry must be off by then (HF_HUB_DISABLE_TELEMETRY, set by the
+    # app; the ping itself is skipped under CI, so what is checked is the flag whenever it is reached).
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "restore-me")
+    monkeypatch.delenv("HF_HUB_DISABLE_TELEMETRY")
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_TELEMETRY", False)
+    pings = []
+    monkeypatch.setattr(trl_trainer, "send_telemetry",
+                        lambda *args, **kwargs: pings.append(hub_constants.HF_HUB_DISABLE_TELEMETRY))
     sft = make_lora_run(tmp_path / "sft", tiny_model_dir)
     store = VoteStore(votes_path(tmp_path / "ws"))
     for i in range(20):  # 20 scripted votes: the good answer always wins, shown as A or B
@@ -104,8 +115,10 @@ def test_dpo_from_an_sft_adapter_learns_the_votes_and_loads_in_plain_peft(tiny_m
     run = tmp_path / "ws" / "dpo"
     lines = [r for r in read_metrics(run) if r.get("kind") == "preference"]
     assert lines and {"reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward"} <= set(lines[-1])
+    assert os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1" and hub_constants.HF_HUB_DISABLE_TELEMETRY is True
+    assert all(pings), pings  # any ping TRL tried found telemetry off (huggingface_hub then sends nothing)
     measured = reward_accuracy(run)
-    assert measured["pairs"] == 20
+    assert measured["pairs"] == 20 and len(measured["rows"]) == 20
     assert measured["reward_accuracy"] > 0.5, measured
     assert measured["logp_margin_tuned"] > measured["logp_margin_reference"], measured
     # final/ is a plain peft adapter (no frozen reference copy)
@@ -192,6 +205,13 @@ def test_dpo_stopped_midway_resumes_to_the_same_end(tiny_model_dir, tmp_path, is
         assert expected and sorted(got) == sorted(expected), (kind, key, split)
         for step in expected:
             assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-9), (kind, key, split, step)
+    # Held-out records say over how many pairs (24 x 0.2 = 5), and the run summary speaks of them.
+    from core.outcome import summarize_outcome
+
+    held_out = [r for r in read_metrics(whole.run_dir) if r.get("kind") == "preference" and r.get("split") == "eval"]
+    assert held_out and all(r.get("pairs") == 5 for r in held_out)
+    assert summarize_outcome(whole.run_dir).headline.startswith("On 5 held-out pairs it "), \
+        summarize_outcome(whole.run_dir).headline
 
 
 @pytest.mark.parametrize("row", [
