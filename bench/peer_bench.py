@@ -42,7 +42,8 @@ WORKLOADS = {
 # LLaMA-Factory's requirements (its wheel's metadata), pinned to what installs here, with the app's torch build:
 # torchaudio and torchvision are left out (multimodal models only; torchaudio has no build for torch 2.13, and the
 # registry's torchvision is built against CUDA torch: with the CPU build every import of transformers fails on
-# "operator torchvision::nms does not exist"), and llamafactory goes in with --no-deps.
+# "operator torchvision::nms does not exist"), and llamafactory goes in with --no-deps. LLaMA-Factory imports
+# torchaudio at start-up anyway: it gets an import stub (_stub_torchaudio) that text training never touches.
 PEER_REQUIREMENTS = [
     "torch==2.13.0", "accelerate>=1.3.0,<=1.11.0", "av>=10.0.0,<=16.0.0",
     "datasets>=2.16.0,<=4.0.0", "einops", "fastapi", "fire", "gradio>=4.38.0,<=5.50.0", "matplotlib>=3.7.0",
@@ -64,11 +65,37 @@ def ensure_llamafactory(venv: str | os.PathLike | None = None) -> dict:
         pip = [str(python), "-m", "pip", "install", "-q"]
         subprocess.run(pip + PEER_REQUIREMENTS, check=True)
         subprocess.run(pip + ["--no-deps", f"llamafactory=={PEER_VERSION}"], check=True)
+    _stub_torchaudio(venv)
     versions = subprocess.run(
         [str(python), "-c", "import json; from importlib.metadata import version as v; print(json.dumps("
          "{p: v(p) for p in ('llamafactory', 'torch', 'transformers', 'peft', 'accelerate', 'datasets')}))"],
         capture_output=True, text=True, check=True).stdout
     return {"venv": str(venv), "cli": str(cli), "versions": json.loads(versions)}
+
+
+TORCHAUDIO_STUB = '''"""Stand-in written by FineTune Studio's bench: no torchaudio build loads with the CPU torch 2.13 used for
+both tools, and LLaMA-Factory imports it at start-up only for audio models (llamafactory/data/mm_plugin.py).
+Text fine-tuning never calls it; any use says so."""
+
+
+def __getattr__(name):
+    raise ImportError(f"torchaudio.{name}: torchaudio is not installed in this benchmark environment")
+'''
+
+
+def _stub_torchaudio(venv: Path) -> None:
+    """LLaMA-Factory 0.9.5 imports torchaudio unconditionally (audio plugins); give it an import stub when the
+    real one is missing or does not load (text training never uses it)."""
+    python = venv / "bin" / "python"
+    if subprocess.run([str(python), "-c", "import torchaudio.functional"], capture_output=True).returncode == 0:
+        return
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    folder = Path(site) / "torchaudio"
+    if (folder / "lib").exists():  # a real but unloadable build: leave it alone, say so
+        raise SystemExit(f"{folder}: torchaudio is installed but does not load with this torch; uninstall it")
+    folder.mkdir(exist_ok=True)
+    (folder / "__init__.py").write_text(TORCHAUDIO_STUB, encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -155,8 +182,10 @@ def run_peer(workload: str, data_folder: str, workdir: str, cli: str, threads: i
     if spec["method"] == "lora":
         config.update(lora_rank=spec["r"], lora_alpha=spec["alpha"], lora_dropout=0.0,
                       lora_target=",".join(spec["targets"]))
-    path = workdir / "config.json"
-    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    import yaml
+
+    path = workdir / "config.yaml"  # llamafactory-cli's JSON branch is broken in 0.9.5 (json.load of a Path)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
     env.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", DISABLE_VERSION_CHECK="1",
                PATH=f"{Path(cli).parent}:{os.environ.get('PATH', '')}")

@@ -208,17 +208,25 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
             results["stalls_smollm2_switch_5ms"] = run_worker(
                 "gui_bench:training_stalls", model="smollm2", workdir=str(work / "gui-smol-5ms"), max_steps=6,
                 eval_steps=3, switch_interval=0.005)
-    if wanted("chat"):
-        print("chat")
+    if wanted("chat") or wanted("evaluate"):
+        print("chat / evaluate answers")
         new_tokens = 16 if quick else 48
         adapter = run_worker("chat_bench:make_adapter")["folder"]
-        results["chat_paired"] = run_worker("chat_bench:chat", adapter=adapter, mode="paired",
-                                            max_new_tokens=new_tokens)
-        results["chat"] = run_worker("chat_bench:chat", adapter=adapter, mode="separate", max_new_tokens=new_tokens)
-        results["chat_shared"] = run_worker("chat_bench:chat", adapter=adapter, mode="shared",
-                                            max_new_tokens=new_tokens)
-        results["chat_threads_1"] = run_worker("chat_bench:chat", adapter=adapter, mode="separate", threads=1,
-                                               max_new_tokens=new_tokens)
+        if wanted("chat"):
+            for key, mode, extra in (("chat_paired", "paired", {}), ("chat", "separate", {}),
+                                     ("chat_shared", "shared", {}), ("chat_threads_1", "separate", {"threads": 1})):
+                results[key] = run_worker("chat_bench:chat", adapter=adapter, mode=mode, max_new_tokens=new_tokens,
+                                          **extra)
+        if wanted("evaluate"):
+            print("evaluate: 26 questions, base and fine-tuned, one by one vs batched")
+            n = 6 if quick else 26
+            runs = {mode: run_worker("eval_bench:answers", adapter=adapter, mode=mode, n=n)
+                    for mode in ("one_by_one", "batched")}
+            one, batched = runs["one_by_one"], runs["batched"]
+            if "seconds" in one and "seconds" in batched:
+                runs["speedup"] = round(one["seconds"] / batched["seconds"], 2)
+                runs["identical_answers"] = one.pop("texts") == batched.pop("texts")
+            results["evaluate_answers"] = runs
         import shutil
 
         shutil.rmtree(adapter, ignore_errors=True)
@@ -424,6 +432,15 @@ def markdown(results: dict) -> str:
                 f"{results.get('chat', {}).get('max_new_tokens', '?')} new tokens)", "",
                 "| setup | left pane TTFT, tokens/s | right pane | one pane alone | peak RSS | TTFT < 0.5 s |",
                 "|---|---|---|---|---|---|"] + chat_rows + [""]
+    ev = results.get("evaluate_answers", {})
+    if "speedup" in ev:
+        one, batched = ev["one_by_one"], ev["batched"]
+        out += [f"### Evaluate's answers ({one['questions']} questions x base and fine-tuned, greedy, "
+                f"{one['max_new_tokens']} new tokens at most)", "",
+                "| answers | one question at a time | batches of 8 | speed-up (target ≥ 3×) | identical answers |",
+                "|---|---|---|---|---|",
+                f"| {one['answers']} | {one['seconds']} s | {batched['seconds']} s | {ev['speedup']}× "
+                f"({_ok(ev['speedup'] >= 3)}) | {ev.get('identical_answers')} |", ""]
     if "peer" in results:
         from bench.peer_bench import markdown as peer_markdown
 
@@ -451,7 +468,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few examples, short caps: checks the suite itself")
-    parser.add_argument("--only", help="comma-separated sections: throughput,throughput_update,ablations,profile,quality,gui,chat,"
+    parser.add_argument("--only", help="comma-separated sections: throughput,throughput_update,ablations,profile,quality,gui,chat,evaluate,"
                         "peer (LLaMA-Factory on identical work; needs the peer's venv, created if missing)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for latest.json / latest.md")
     parser.add_argument("--report", metavar="JSON", help="only re-render the Markdown of a saved result file")
