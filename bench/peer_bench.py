@@ -143,6 +143,7 @@ def run_app(workload: str, data_folder: str, workdir: str, threads: int | None =
            "--data", str(Path(data_folder) / "trivia.jsonl"), "--method", spec["method"],
            "--max-steps", str(STEPS), "--batch-size", str(BATCH), "--learning-rate", str(spec["lr"]),
            "--output", str(workdir), "--name", "peer",
+           "--set", "data.template=chat",  # the model's chat template, as LLaMA-Factory's smollm2 template
            "--set", f"training.max_length={CUTOFF}", "--set", "training.gradient_accumulation=1",
            "--set", "data.test_fraction=0", "--set", "training.logging_steps=10",
            "--set", f"training.save_steps={STEPS}", "--set", "training.eval_before_training=false"]
