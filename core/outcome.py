@@ -192,10 +192,11 @@ def _judge_preferences(outcome: RunOutcome, records: list[dict], before: float |
     if accuracy >= CLEAR_ACCURACY and margin > 0:
         outcome.verdict = "clear improvement"
         outcome.headline = f"{where} it now prefers {share}: it learned your preferences."
-    elif accuracy > 0.5 and margin > 0:
+    elif accuracy > 0.5:
+        # Most pairs went the right way; a mean margin at or below 0 means a few went far the wrong way.
         outcome.verdict = "small improvement"
         outcome.headline = f"{where} it now prefers {share}: it leans towards your preferences."
-    elif accuracy < 0.5 or margin < 0:
+    elif accuracy < 0.5:
         outcome.verdict = "worse"
         outcome.headline = f"{where} it prefers only {share}: it did not take on your preferences."
     else:

@@ -98,3 +98,11 @@ def test_dpo_run_that_did_not_learn_and_one_without_held_out_pairs(tmp_path):
     assert train_only.verdict == "" and train_only.reward_split == "train"
     assert train_only.headline.startswith("On its training pairs it now prefers your chosen answer in 100% of them")
     assert "No pairs were held out" in train_only.headline
+
+
+def test_dpo_run_with_most_pairs_right_but_a_negative_mean_margin_leans_towards_the_preferences(tmp_path):
+    # Seen on the bundled model: 7 of 8 held-out pairs right, one far wrong, mean margin -0.003.
+    outcome = summarize_outcome(write_dpo_run(tmp_path, [
+        {"split": "eval", "step": 6, "reward_accuracy": 0.875, "reward_margin": -0.0034, "pairs": 8}]))
+    assert outcome.verdict == "small improvement" and "7 times out of 8" in outcome.headline
+    assert "margin -0.00" in outcome.headline
