@@ -134,8 +134,10 @@ def _timed(cmd: list[str], cwd: str, env: dict, log: Path) -> dict:
     return {"wall_seconds": round(wall, 1), "peak_rss_bytes": peak}
 
 
-def run_app(workload: str, data_folder: str, workdir: str, threads: int | None = None) -> dict:
-    """``python main.py train`` on the workload; tokens/s from its metrics.jsonl (HF's non-padding token count)."""
+def run_app(workload: str, data_folder: str, workdir: str, threads: int | None = None,
+            checkpointing: bool = False) -> dict:
+    """``python main.py train`` on the workload; tokens/s from its metrics.jsonl (HF's non-padding token count).
+    ``checkpointing``: gradient checkpointing on (off by default in the app; on by default in LLaMA-Factory)."""
     spec = WORKLOADS[workload]
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -147,6 +149,8 @@ def run_app(workload: str, data_folder: str, workdir: str, threads: int | None =
            "--set", f"training.max_length={CUTOFF}", "--set", "training.gradient_accumulation=1",
            "--set", "data.test_fraction=0", "--set", "training.logging_steps=10",
            "--set", f"training.save_steps={STEPS}", "--set", "training.eval_before_training=false"]
+    if checkpointing:
+        cmd += ["--set", "training.gradient_checkpointing=true"]
     if spec["method"] == "lora":
         cmd += ["--set", f"method.lora_r={spec['r']}", "--set", f"method.lora_alpha={spec['alpha']}",
                 "--set", f"method.target_modules={','.join(spec['targets'])}"]
@@ -157,7 +161,8 @@ def run_app(workload: str, data_folder: str, workdir: str, threads: int | None =
     lines = [json.loads(line) for line in (workdir / "peer" / "metrics.jsonl").read_text().splitlines() if line]
     train = [line for line in lines if line.get("kind") == "train"]
     last = train[-1]
-    result.update(tool="app", workload=workload, steps=last["step"], tokens=last["tokens_trained"],
+    result.update(tool="app", workload=workload, checkpointing=checkpointing, steps=last["step"],
+                  tokens=last["tokens_trained"],
                   train_seconds=round(last["elapsed_seconds"], 1))
     result["tokens_per_second"] = round(result["tokens"] / last["elapsed_seconds"], 1)
     return result
@@ -215,10 +220,19 @@ def section(run_worker, work: Path, venv: str | None = None) -> dict:
         other = run_worker("peer_bench:run_peer", timeout=1800, workload=workload, data_folder=data["folder"],
                            workdir=str(work / f"peer-lf-{workload}"), cli=peer["cli"])
         row = {"workload": workload, "app": app, "llamafactory": other}
-        if "error" not in app and "error" not in other:
-            row["tokens_per_second_ratio"] = round(app["tokens_per_second"] / other["tokens_per_second"], 2)
-            row["wall_ratio"] = round(other["wall_seconds"] / app["wall_seconds"], 2)
-            row["rss_ratio"] = round(app["peak_rss_bytes"] / other["peak_rss_bytes"], 2)
+        if WORKLOADS[workload]["method"] == "lora":
+            # The memory lever LLaMA-Factory uses by default: recompute activations in the backward pass.
+            row["app_checkpointing"] = run_worker(
+                "peer_bench:run_app", timeout=1800, workload=workload, data_folder=data["folder"],
+                workdir=str(work / f"peer-app-gc-{workload}"), checkpointing=True)
+        for key in ("app", "app_checkpointing"):
+            mine = row.get(key)
+            if mine and "error" not in mine and "error" not in other:
+                suffix = "" if key == "app" else "_checkpointing"
+                row["tokens_per_second_ratio" + suffix] = round(mine["tokens_per_second"] / other["tokens_per_second"],
+                                                                2)
+                row["wall_ratio" + suffix] = round(other["wall_seconds"] / mine["wall_seconds"], 2)
+                row["rss_ratio" + suffix] = round(mine["peak_rss_bytes"] / other["peak_rss_bytes"], 2)
         rows.append(row)
     return {"peer": peer["versions"], "venv": peer["venv"], "examples": data.get("examples"), "rows": rows,
             "targets": {"tokens_per_second_ratio": 2.0, "lora_peak_rss_gib": 1.5}}
@@ -235,15 +249,24 @@ def markdown(result: dict) -> list[str]:
              "| workload | app tokens/s | LLaMA-Factory tokens/s | ratio (≥ 2×) | app wall | LF wall | app peak RSS "
              "| LF peak RSS |", "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        app, other = row["app"], row["llamafactory"]
-        if "error" in app or "error" in other:
-            lines.append(f"| {row['workload']} | failed: {(app.get('error') or other.get('error'))[-200:]!r} |")
-            continue
-        lines.append(
-            f"| {row['workload']} | {app['tokens_per_second']:.0f} ({app['tokens']} tokens) | "
-            f"{other['tokens_per_second']:.0f} ({other['tokens']} tokens) | {row['tokens_per_second_ratio']:.2f}× | "
-            f"{app['wall_seconds']:.0f} s | {other['wall_seconds']:.0f} s | {app['peak_rss_bytes'] / 2**30:.2f} GiB | "
-            f"{other['peak_rss_bytes'] / 2**30:.2f} GiB |")
+        other = row["llamafactory"]
+        for key, label in (("app", ""), ("app_checkpointing", " (app with gradient checkpointing)")):
+            app = row.get(key)
+            if app is None:
+                continue
+            suffix = "" if key == "app" else "_checkpointing"
+            if "error" in app or "error" in other:
+                lines.append(f"| {row['workload']}{label} | failed: "
+                             f"{(app.get('error') or other.get('error'))[-200:]!r} |")
+                continue
+            lines.append(
+                f"| {row['workload']}{label} | {app['tokens_per_second']:.0f} ({app['tokens']} tokens) | "
+                f"{other['tokens_per_second']:.0f} ({other['tokens']} tokens) | "
+                f"{row['tokens_per_second_ratio' + suffix]:.2f}× | {app['wall_seconds']:.0f} s | "
+                f"{other['wall_seconds']:.0f} s | {app['peak_rss_bytes'] / 2**30:.2f} GiB | "
+                f"{other['peak_rss_bytes'] / 2**30:.2f} GiB |")
+    lines += ["", "LLaMA-Factory runs with its defaults, which include gradient checkpointing; the app's default "
+              "does not checkpoint (the rows marked 'with gradient checkpointing' turn it on)."]
     return lines
 
 
