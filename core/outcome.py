@@ -153,7 +153,8 @@ def summarize_outcome(run_dir: str | os.PathLike) -> RunOutcome:
         outcome.next_steps.append("Train longer (more steps or epochs) or raise the learning rate a little.")
     if state in ("finished", "stopped") and outcome.verdict != "worse":
         outcome.next_steps.append("Chat with it to read its answers next to the base model's.")
-        outcome.next_steps.append("Evaluate it for BLEU/ROUGE on the held-out questions.")
+        outcome.next_steps.append("Vote on its answers in Chat's blind A/B mode to see whether you prefer them."
+                                  if outcome.preference else "Evaluate it for BLEU/ROUGE on the held-out questions.")
         outcome.next_steps.append("Export it to use it elsewhere (adapter, merged model, GGUF for llama.cpp/Ollama).")
     if state == "stopped":
         outcome.next_steps.insert(0, "Resume continues from the last checkpoint.")

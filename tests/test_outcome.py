@@ -77,6 +77,8 @@ def test_dpo_run_is_judged_on_held_out_reward_accuracy_and_margin(tmp_path):
     assert outcome.perplexity_before is None  # exp(DPO loss) is no perplexity
     text = format_outcome(outcome)
     assert "7 times out of 8" in text and "perplexity" not in text
+    assert any("blind A/B" in step for step in outcome.next_steps)
+    assert not any("BLEU" in step for step in outcome.next_steps)  # the votes file has no reference answers
 
 
 def test_dpo_run_that_did_not_learn_and_one_without_held_out_pairs(tmp_path):
