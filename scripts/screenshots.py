@@ -5,6 +5,13 @@
 
 Uses the bundled model and the trivia sample unless told otherwise, in a temporary workspace (nothing of
 the user's is touched). Takes a few minutes on a CPU: it trains, chats and evaluates for real.
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshots.py --preference-runs WORKSPACE
+
+takes the preference-tuning shots instead, on the runs ``python -m bench.preference_figures --workspace
+WORKSPACE`` made (copied into a temporary workspace, so its votes file is not touched): Chat in blind A/B mode
+after a few votes with the win rate (chat-blind-ab.png), the Train page on the finished DPO run with its reward
+plots (train-dpo.png) and the Evaluate page's forgetting check of the SFT run (evaluate-forgetting.png).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model (default: the bundled SmolLM2)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--size", default="1280x800")
+    parser.add_argument("--preference-runs", metavar="WORKSPACE", default=None,
+                        help="take the preference-tuning shots on bench.preference_figures' runs in WORKSPACE")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     out = Path(args.out)
@@ -47,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     t.max_steps, t.batch_size, t.max_length = args.steps, 4, 256
     t.eval_steps, t.save_steps, t.logging_steps = max(1, args.steps // 2), max(1, args.steps // 2), 1
     workspace = Path(tempfile.mkdtemp(prefix="studio-tour-"))
+    if args.preference_runs:
+        import shutil
+
+        for name in ("quickstart-sft", "dpo-votes"):
+            shutil.copytree(Path(args.preference_runs) / name, workspace / name)
     state = StudioState(cfg, workspace=workspace)
     window = MainWindow(state, autoload=False, restore=False)
     window.resize(width, height)
@@ -71,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         path = out / f"{name}.png"
         window.grab().save(str(path))
         print(f"wrote {path}")
+
+    if args.preference_runs:
+        preference_shots(window, workspace, shot, wait, pump)
+        window.shutdown(60000)
+        print(f"workspace of the shots: {workspace}")
+        return 0
 
     data = window.pages["data"]
     data.load_source("sample:trivia")
@@ -115,6 +135,52 @@ def main(argv: list[str] | None = None) -> int:
     window.shutdown(60000)
     print(f"workspace of the tour: {workspace}")
     return 0
+
+
+def preference_shots(window, workspace: Path, shot, wait, pump, n_votes: int = 5) -> None:
+    """Blind A/B votes in Chat on the SFT run, the DPO run's rewards on Train, the forgetting check on Evaluate."""
+    from core.config import DataConfig
+    from core.data import load_records, training_split
+    from core.evaluation import score_answer
+    from core.runs import load_run_config
+
+    sft, dpo = workspace / "quickstart-sft", workspace / "dpo-votes"
+    # Held-out trivia questions, judged by ROUGE-L against the reference answer (a scripted voter that
+    # does not know which model is which: the vote is cast on A and B).
+    data_cfg: DataConfig = load_run_config(sft).data
+    _, _, records, _ = load_records(data_cfg)
+    _, held_out, _ = training_split(len(records), data_cfg)
+    chat = window.pages["chat"]
+    window.open_next_step(("chat", sft))
+    chat.max_tokens_spin.setValue(32)
+    chat.blind_toggle.setChecked(True)
+    for index in held_out[:n_votes]:
+        question, reference = records[index]["question"], records[index]["answer"]
+        chat.send(question)
+        wait(lambda: not chat.is_busy, 900, "the A/B answers")
+        a_side, b_side = chat._ab_sides
+        answers = chat._turns[-1].answers
+        a_score = score_answer(answers[a_side], reference)["rougeL"]
+        b_score = score_answer(answers[b_side], reference)["rougeL"]
+        vote = "a" if a_score > b_score else "b" if b_score > a_score else ("tie" if a_score > 0 else "both_bad")
+        chat.ab_bar.buttons[vote].click()
+        pump(0.2)
+        print(f"voted {vote} on {question!r} (ROUGE-L A {a_score:.2f}, B {b_score:.2f})")
+    shot("chat-blind-ab", "chat")
+    chat.blind_toggle.setChecked(False)
+
+    train = window.pages["train"]
+    window.show_page("train")
+    train.show_run(dpo)
+    pump(1.0)
+    shot("train-dpo", "train")
+
+    evaluate = window.pages["evaluate"]
+    window.open_next_step(("evaluate", sft))
+    evaluate.n_spin.setValue(5)
+    evaluate.start()
+    wait(lambda: not evaluate.is_busy, 1800, "the evaluation with the forgetting check")
+    shot("evaluate-forgetting", "evaluate")
 
 
 if __name__ == "__main__":
