@@ -230,6 +230,12 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
         import shutil
 
         shutil.rmtree(adapter, ignore_errors=True)
+    if wanted("memory"):
+        print("memory by phase (quickstart settings, 4 steps; gradient checkpointing off / on)")
+        results["memory"] = {
+            "default": run_worker("memory_bench:breakdown", timeout=1800, workdir=str(work / "memory")),
+            "gradient_checkpointing": run_worker("memory_bench:breakdown", timeout=1800, workdir=str(work / "memory"),
+                                                 overrides={"training.gradient_checkpointing": True})}
     if wanted("peer"):
         print("against LLaMA-Factory")
         from bench.peer_bench import section as peer_section
@@ -432,6 +438,17 @@ def markdown(results: dict) -> str:
                 f"{results.get('chat', {}).get('max_new_tokens', '?')} new tokens)", "",
                 "| setup | left pane TTFT, tokens/s | right pane | one pane alone | peak RSS | TTFT < 0.5 s |",
                 "|---|---|---|---|---|---|"] + chat_rows + [""]
+    memory = results.get("memory", {})
+    if memory.get("default", {}).get("phases_mib"):
+        out += ["### Memory by phase (quickstart settings, 4 steps; peak RSS in MiB: anonymous + file-backed)", "",
+                "| phase | default | gradient checkpointing |", "|---|---|---|"]
+        other = memory.get("gradient_checkpointing", {}).get("phases_mib", {})
+        def cell(p):
+            return f"{p['VmRSS']} ({p['RssAnon']} + {p['RssFile']})" if p else ""
+
+        for phase, peak in memory["default"]["phases_mib"].items():
+            out.append(f"| {phase} | {cell(peak)} | {cell(other.get(phase))} |")
+        out.append("")
     ev = results.get("evaluate_answers", {})
     if "speedup" in ev:
         one, batched = ev["one_by_one"], ev["batched"]
@@ -468,7 +485,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few examples, short caps: checks the suite itself")
-    parser.add_argument("--only", help="comma-separated sections: throughput,throughput_update,ablations,profile,quality,gui,chat,evaluate,"
+    parser.add_argument("--only", help="comma-separated sections: throughput,throughput_update,ablations,profile,quality,gui,chat,evaluate,memory,"
                         "peer (LLaMA-Factory on identical work; needs the peer's venv, created if missing)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for latest.json / latest.md")
     parser.add_argument("--report", metavar="JSON", help="only re-render the Markdown of a saved result file")
