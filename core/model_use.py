@@ -68,6 +68,27 @@ class _ReadWriteLock:
                     self._cond.notify_all()
 
 
+    @contextlib.contextmanager
+    def exclusive_if_idle(self) -> Iterator[bool]:
+        """Exclusive without waiting: yields True when nothing else holds the lock (then holds it), else False."""
+        me = threading.get_ident()
+        with self._cond:
+            idle = (self._writer in (None, me) and not any(t != me for t in self._readers)
+                    and not self._writers_waiting)
+            if idle:
+                self._writer = me
+                self._writer_depth += 1
+        try:
+            yield idle
+        finally:
+            if idle:
+                with self._cond:
+                    self._writer_depth -= 1
+                    if not self._writer_depth:
+                        self._writer = None
+                        self._cond.notify_all()
+
+
 _LOCK = _ReadWriteLock()
 
 
@@ -79,3 +100,9 @@ def loading() -> contextlib.AbstractContextManager[None]:
 def running() -> contextlib.AbstractContextManager[None]:
     """Hold while running a model: a generation, a loss, a training step (shared)."""
     return _LOCK.shared()
+
+
+def idle() -> contextlib.AbstractContextManager[bool]:
+    """``with idle() as free:`` free is True when no thread loads or runs a model, and none will start until the
+    block ends (used to collect garbage safely: gui/gc_guard.py)."""
+    return _LOCK.exclusive_if_idle()

@@ -87,6 +87,9 @@ def run_app(argv: list[str] | None = None) -> int:
     QCoreApplication.setOrganizationName(ORGANIZATION)
     QCoreApplication.setApplicationName(APPLICATION)
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "finetune-studio"])
+    from gui import gc_guard
+
+    gc_guard.install(app)  # cyclic garbage collection only while no model runs in another thread
     app.setWindowIcon(theme.app_icon())
     theme.apply_theme(app, args.theme)
     if not args.theme:

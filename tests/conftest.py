@@ -33,3 +33,23 @@ def isolated_home(tmp_path, monkeypatch) -> Path:
     """Point the app's cache/data/workspace folders at a temporary directory."""
     monkeypatch.setenv("FINETUNE_STUDIO_HOME", str(tmp_path / "studio-home"))
     return tmp_path / "studio-home"
+
+
+@pytest.fixture(autouse=True)
+def _garbage_collection_as_the_app_does(request):
+    """GUI tests run with the app's garbage-collection rule (gui/gc_guard.py: collect only while no model runs in
+    another thread); after the test, with its threads ended, one full collection and automatic collection back."""
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("qapp")
+    from gui import gc_guard
+
+    gc_guard.install()
+    try:
+        yield
+    finally:
+        gc_guard.uninstall()
+        import gc
+
+        gc.collect()
