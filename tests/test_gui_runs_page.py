@@ -91,7 +91,13 @@ def test_overlay_and_config_diff(runs_page):
     assert len(page.overlay_curves["alpha"][0]) == 4 and len(page.overlay_curves["beta"][0]) >= 2
     assert len(page.plot.getPlotItem().listDataItems()) == 2
     assert len(page.legend.items) == 2
+    # The 1 s refresh of a running run updates the curves in place: no plot item is deleted and drawn again.
+    items = list(page.plot.getPlotItem().listDataItems())
+    page.update_overlay()
+    page.refresh()
+    assert page.plot.getPlotItem().listDataItems() == items
     page.metric_combo.setCurrentText("Learning rate")
+    assert page.plot.getPlotItem().listDataItems() != items  # another metric: drawn afresh
     assert all(ys for _, ys in page.overlay_curves.values())
     diff = page.diff_rows()
     assert diff == {"training.learning_rate": ["0.0002", "0.001"]} or diff == {

@@ -442,14 +442,15 @@ class RunsPage(QWidget):
 
     @Slot()
     def update_overlay(self) -> None:
-        """Draw the chosen curve of every selected run, one colour each, with a legend."""
+        """Draw the chosen curve of every selected run, one colour each, with a legend.
+
+        While the runs and the metric stay the same (the 1 s refresh of a running run), the existing curves get
+        their new points (``setData``) instead of being removed and drawn again: deleting plot items on every poll
+        while a run trained in another thread is where the GUI thread crashed (segfaults in pyqtgraph's weak-keyed
+        item caches in two CI runs)."""
         kind, key = METRICS[self.metric_combo.currentText()]
-        self.plot.clear()
-        self.legend.clear()
-        self.plot.setLabel("left", self.metric_combo.currentText())
-        self.plot.setLogMode(False, False)
-        self.overlay_curves: dict[str, tuple[list, list]] = {}
-        for number, path in enumerate(self.selected_paths()):
+        curves: dict[str, tuple[list, list]] = {}
+        for path in self.selected_paths():
             xs, ys = [], []
             for record in self._metrics(path):
                 value = record.get(key)
@@ -457,14 +458,28 @@ class RunsPage(QWidget):
                     xs.append(float(record.get("step") or 0))
                     ys.append(float(value))
             summary = self._summary(path)
-            name = summary.name if summary else path.name
-            self.overlay_curves[name] = (xs, ys)
+            curves[summary.name if summary else path.name] = (xs, ys)
+        self.overlay_curves = curves
+        layout = (kind, key, [(name, bool(xs), len(xs) < 30) for name, (xs, _) in curves.items()])
+        items = getattr(self, "_overlay_items", {})
+        if layout == getattr(self, "_overlay_layout", None):
+            for name, (xs, ys) in curves.items():
+                if name in items:
+                    items[name].setData(xs, ys)
+            return
+        self.plot.clear()
+        self.legend.clear()
+        self.plot.setLabel("left", self.metric_combo.currentText())
+        self.plot.setLogMode(False, False)
+        items = {}
+        for number, (name, (xs, ys)) in enumerate(curves.items()):
             if not xs:
                 continue
             color = PALETTE[number % len(PALETTE)]
             symbol = "o" if kind == "eval" or len(xs) < 30 else None
-            self.plot.plot(xs, ys, name=name, pen=pg.mkPen(color, width=2), symbol=symbol, symbolSize=5,
-                           symbolBrush=color, symbolPen=None)
+            items[name] = self.plot.plot(xs, ys, name=name, pen=pg.mkPen(color, width=2), symbol=symbol,
+                                         symbolSize=5, symbolBrush=color, symbolPen=None)
+        self._overlay_items, self._overlay_layout = items, layout
         self.plot.enableAutoRange()
 
     @Slot()
