@@ -420,6 +420,27 @@ def _generation_kwargs(gen_cfg: GenerationConfig, tokenizer, model) -> dict[str,
     return kwargs
 
 
+def _left_padded(prompts: Sequence[tuple[str, Sequence[int]]], pad_id: int, device):
+    """(input_ids, attention_mask, pads, width) of prompts left-padded to the longest."""
+    import torch
+
+    width = max(len(ids) for _, ids in prompts)
+    pads = [width - len(ids) for _, ids in prompts]
+    input_ids = torch.tensor([[pad_id] * pad + list(ids) for pad, (_, ids) in zip(pads, prompts, strict=True)],
+                             dtype=torch.long, device=device)
+    attention_mask = torch.tensor([[0] * pad + [1] * (width - pad) for pad in pads], dtype=torch.long, device=device)
+    return input_ids, attention_mask, pads, width
+
+
+def _row_answer(output, row: int, width: int, eos_ids: set[int]) -> tuple[list[int], str]:
+    """A batch row's new tokens up to and with its EOS (after it a row holds only padding), and why it ended."""
+    new_ids = [int(t) for t in output[row, width:].tolist()]
+    for k, token in enumerate(new_ids):
+        if token in eos_ids:
+            return new_ids[:k + 1], "eos"
+    return new_ids, "max_tokens"
+
+
 def answer_batch(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]], gen_cfg: GenerationConfig, *,
                  stop: StopToken | None = None, **generate_kwargs) -> list[GenerationResult]:
     """Greedy answers to ``prompts`` ((text, token ids) pairs) in one left-padded ``generate`` call.
@@ -440,13 +461,8 @@ def answer_batch(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]],
     for name in ("temperature", "top_p", "top_k"):
         kwargs.pop(name, None)
     kwargs.update(generate_kwargs)
-    pad_id = kwargs["pad_token_id"]
-    width = max(len(ids) for _, ids in prompts)
-    pads = [width - len(ids) for _, ids in prompts]
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([[pad_id] * pad + list(ids) for pad, (_, ids) in zip(pads, prompts, strict=True)],
-                             dtype=torch.long, device=device)
-    attention_mask = torch.tensor([[0] * pad + [1] * (width - pad) for pad in pads], dtype=torch.long, device=device)
+    input_ids, attention_mask, pads, width = _left_padded(prompts, kwargs["pad_token_id"],
+                                                          next(model.parameters()).device)
     processors = LogitsProcessorList([_UnpaddedRepetitionPenalty(penalty, pads)] if penalty != 1.0 else [])
 
     class _Cancel:
@@ -463,12 +479,7 @@ def answer_batch(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]],
     eos_ids = set(kwargs.get("eos_token_id") or [])
     results = []
     for row, (prompt, _) in enumerate(prompts):
-        new_ids = [int(t) for t in output[row, width:].tolist()]
-        stopped_by = "max_tokens"
-        for k, token in enumerate(new_ids):  # after EOS a batch row holds only padding
-            if token in eos_ids:
-                new_ids, stopped_by = new_ids[:k + 1], "eos"
-                break
+        new_ids, stopped_by = _row_answer(output, row, width, eos_ids)
         text = tokenizer.decode(new_ids, skip_special_tokens=True)
         for stop_string in gen_cfg.stop_strings or []:
             where = text.find(stop_string) if stop_string else -1
@@ -749,14 +760,8 @@ class ModelSession:
             eos_ids = set(kwargs.get("eos_token_id") or [])
             penalty = float(kwargs.get("repetition_penalty") or 1.0)
             kwargs["repetition_penalty"] = 1.0
-            pad_id = kwargs["pad_token_id"]
-            width = max(len(ids) for _, ids in built)
-            pads = [width - len(ids) for _, ids in built]
-            device = next(model.parameters()).device
-            input_ids = torch.tensor([[pad_id] * pad + list(ids) for pad, (_, ids) in zip(pads, built, strict=True)],
-                                     dtype=torch.long, device=device)
-            attention_mask = torch.tensor([[0] * pad + [1] * (width - pad) for pad in pads], dtype=torch.long,
-                                          device=device)
+            input_ids, attention_mask, pads, width = _left_padded(built, kwargs["pad_token_id"],
+                                                                  next(model.parameters()).device)
             from transformers import LogitsProcessorList
 
             processors = LogitsProcessorList([_UnpaddedRepetitionPenalty(penalty, pads)] if penalty != 1.0 else [])
@@ -780,12 +785,7 @@ class ModelSession:
         seconds = time.perf_counter() - started
         results = []
         for row, (prompt, _) in enumerate(built):
-            new_ids = [int(t) for t in output[row, width:].tolist()]
-            stopped_by = "max_tokens"
-            for k, token in enumerate(new_ids):  # after its EOS a row holds only padding
-                if token in eos_ids:
-                    new_ids, stopped_by = new_ids[:k + 1], "eos"
-                    break
+            new_ids, stopped_by = _row_answer(output, row, width, eos_ids)
             if streamers[row].stop_string_hit:
                 stopped_by = "stop_string"
             if stop is not None and stop.is_set:
