@@ -42,6 +42,7 @@ class MetricPoint:
     seconds_per_step: float | None = None
     eta_seconds: float | None = None
     elapsed_seconds: float = 0.0
+    eval_seconds: float | None = None  # an evaluation's own wall time (eval points)
     peak_memory_bytes: int | None = None
     memory: dict = field(default_factory=dict)
     time: float = field(default_factory=time.time)

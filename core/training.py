@@ -703,6 +703,7 @@ def _make_callback(sinks: Sequence[MetricsSink], stop: StopToken | None, run_dir
                     if self.best_eval_loss is None or eval_loss < self.best_eval_loss:
                         self.best_eval_loss = eval_loss
                 point = MetricPoint(kind="eval", eval_loss=eval_loss, eta_seconds=self.eta(step),
+                                    eval_seconds=_finite(logs.get("eval_runtime")),
                                     seconds_per_step=self.seconds_per_step,
                                     tokens_per_second=self.tokens_per_second, **common)
                 _emit_metric(sinks, point)

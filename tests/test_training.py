@@ -235,6 +235,7 @@ def test_lora_run_folder_metrics_and_plain_peft_loading(cfg, tmp_path):
     evals = [r for r in records if r["kind"] == "eval"]
     assert evals[0]["step"] == 0 and evals[0]["total_steps"] == 6  # the base model's loss starts the curve
     assert [r["step"] for r in evals] == [0, 3, 6]
+    assert all(r["eval_seconds"] > 0 for r in evals)  # each evaluation's own time (the eval share in bench)
     trains = _train_records(run)
     assert [r["step"] for r in trains] == [1, 2, 3, 4, 5, 6]
     tokens = [r["tokens_trained"] for r in trains]
