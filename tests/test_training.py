@@ -614,3 +614,20 @@ def test_only_rank_zero_writes_the_run_folder(cfg, tmp_path, monkeypatch):
     ours = {"config.yaml", "status.json", "metrics.jsonl", "environment.json", "probes.json", "final"}
     assert not ours & {p.name for p in run.iterdir()}
     assert not list(run.glob("checkpoints/*/COMPLETE"))
+
+
+def test_held_out_examples_are_evaluated_longest_first():
+    """Evaluation batches pad to their longest example: the held-out split is sorted by length (longest first,
+    ties in split order), also when it is already a selection of another dataset (read through its indices)."""
+    from datasets import Dataset
+
+    from core.training import _longest_first, _token_lengths
+
+    data = Dataset.from_dict({"input_ids": [[1] * n for n in (3, 7, 5, 7, 2, 9)]})
+    ordered = _longest_first(data)
+    assert _token_lengths(ordered) == [9, 7, 7, 5, 3, 2]
+    assert [len(x) for x in ordered["input_ids"]] == [9, 7, 7, 5, 3, 2]
+    picked = data.select([4, 0, 2])  # an indices mapping over the full table
+    assert _token_lengths(picked) == [2, 3, 5]
+    assert _token_lengths(_longest_first(picked)) == [5, 3, 2]
+    assert _longest_first(None) is None
