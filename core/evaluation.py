@@ -334,19 +334,15 @@ def evaluate_run(run_dir, *, data_cfg: DataConfig | None = None, n: int | None =
 
     rows: list[ComparisonRow] = []
     base_answers, tuned_answers, references = [], [], []
-    # Answers in left-padded batches (one generate call per batch; greedy answers identical to one by
-    # one): base first, then fine-tuned.
+    # Answers in left-padded batches, base and fine-tuned rows together for a LoRA run (greedy answers
+    # identical to one by one).
     total = len(questions)
 
-    def answered(start: float, side: str):
-        return lambda done, _total: report_progress(start + 0.3 * done / max(total, 1),
-                                                    f"{side} answers: {done} of {total}")
+    def answered(done: int, answers: int) -> None:
+        report_progress(0.25 + 0.6 * done / max(answers, 1), f"answers: {done} of {answers}")
 
     report_progress(0.25, f"answering {total} questions")
-    base_results = session.generate_batch(questions, gen_cfg, use_adapter=False, stop=stop,
-                                          progress=answered(0.25, "base"))
-    tuned_results = session.generate_batch(questions, gen_cfg, use_adapter=True, stop=stop,
-                                           progress=answered(0.55, "fine-tuned"))
+    base_results, tuned_results = session.generate_both(questions, gen_cfg, stop=stop, progress=answered)
     if stop is not None:
         stop.raise_if_set()
     for i, (record, base, tuned) in enumerate(zip(questions, base_results, tuned_results, strict=True)):

@@ -167,19 +167,15 @@ def check_forgetting(run_dir, *, session=None, checkpoint=None, n_answers: int =
     gen_cfg = gen_cfg or GenerationConfig(**{**asdict(cfg.generation), "do_sample": False, "max_new_tokens": 48})
     answered = items[:max(0, n_answers)]
     if answered:
-        # Left-padded batches (greedy answers identical to one at a time): base side, then fine-tuned.
+        # Left-padded batches, base and fine-tuned rows together for a LoRA run (greedy answers identical to
+        # one at a time).
         records = [{"question": item.question, "answer": ""} for item in answered]
 
-        def answering(start: float, side: str):
-            if progress is None:
-                return None
-            return lambda done, total: progress(start + 0.3 * done / max(1, total),
-                                                f"general probes: {side} answers {done} of {total}")
+        def answering(done: int, total: int) -> None:
+            if progress is not None:
+                progress(0.4 + 0.6 * done / max(1, total), f"general probes: answers {done} of {total}")
 
-        base_answers = session.generate_batch(records, gen_cfg, use_adapter=False, stop=stop,
-                                              progress=answering(0.4, "base"))
-        tuned_answers = session.generate_batch(records, gen_cfg, use_adapter=True, stop=stop,
-                                               progress=answering(0.7, "fine-tuned"))
+        base_answers, tuned_answers = session.generate_both(records, gen_cfg, stop=stop, progress=answering)
         if stop is not None:
             stop.raise_if_set()
         for item, base_answer, tuned_answer in zip(answered, base_answers, tuned_answers, strict=True):

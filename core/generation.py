@@ -441,8 +441,176 @@ def _row_answer(output, row: int, width: int, eos_ids: set[int]) -> tuple[list[i
     return new_ids, "max_tokens"
 
 
+# Settings of a model's own generation_config that change greedy answers; a model using any of them answers
+# through ``generate`` (which applies them), not the hand-written loop below.
+_GREEDY_CHANGERS = ("no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+                    "forced_bos_token_id", "forced_eos_token_id", "min_length", "min_new_tokens", "sequence_bias",
+                    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty")
+
+
+def _decodes_by_hand(model) -> bool:
+    """True when ``model`` can answer through ``_answer_batch_by_hand``: a decoder-only model whose forward
+    takes a KV cache (not prefix tuning, which brings its own), with no greedy-changing generation setting."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        active = getattr(model, "active_adapter", "default")
+        active = active[0] if isinstance(active, (list, tuple)) and active else active
+        if getattr(peft_config.get(active), "is_prompt_learning", False):
+            return False
+    generation_config = getattr(model, "generation_config", None)
+    for name in _GREEDY_CHANGERS:
+        value = getattr(generation_config, name, None)
+        if value not in (None, 0, [], ()):
+            return False
+    penalty = getattr(generation_config, "repetition_penalty", None)
+    return penalty in (None, 1.0)
+
+
+def _forward_parameters(model) -> set[str]:
+    """The names the (base) model's ``forward`` takes."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return set(inspect.signature(inner.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def answer_batch(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]], gen_cfg: GenerationConfig, *,
-                 stop: StopToken | None = None, **generate_kwargs) -> list[GenerationResult]:
+                 stop: StopToken | None = None, adapter_names: Sequence[str] | None = None,
+                 **generate_kwargs) -> list[GenerationResult]:
+    """Greedy answers to ``prompts`` ((text, token ids) pairs), all rows decoded together.
+
+    Each answer is the one ``generate`` gives for that prompt alone (tested token for token). Rows are
+    left-padded; attention mask and position ids skip the padding and the repetition penalty counts only
+    real tokens. A row leaves the batch as soon as it ends (EOS, a stop string, its token limit): the
+    remaining rows run on a smaller batch, so a few long answers no longer keep every finished row in
+    the computation (``_answer_batch_by_hand``). ``adapter_names`` (one per prompt, peft LoRA: "__base__"
+    or an adapter) answers base and fine-tuned rows in one batch. Models the loop cannot drive (prefix
+    tuning, encoder-decoder, greedy-changing generation settings) answer through one ``generate`` call.
+    ``stop`` ends within one token (``stopped_by="cancelled"``). ``seconds`` is the call's time shared equally.
+    """
+    if _decodes_by_hand(model):
+        return _answer_batch_by_hand(model, tokenizer, prompts, gen_cfg, stop=stop, adapter_names=adapter_names,
+                                     use_cache=generate_kwargs.pop("use_cache", True))
+    if adapter_names is not None:
+        generate_kwargs["adapter_names"] = list(adapter_names)
+    return _answer_batch_generate(model, tokenizer, prompts, gen_cfg, stop=stop, **generate_kwargs)
+
+
+def _answer_batch_by_hand(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]], gen_cfg: GenerationConfig,
+                          *, stop: StopToken | None = None, adapter_names: Sequence[str] | None = None,
+                          use_cache: bool = True) -> list[GenerationResult]:
+    """Greedy decoding with a KV cache, rows dropped from the batch (and from the cache) as they end."""
+    import torch
+
+    from core import model_use
+
+    started = time.perf_counter()
+    kwargs = _generation_kwargs(gen_cfg, tokenizer, model)
+    penalty = float(kwargs.get("repetition_penalty") or 1.0)
+    eos_ids = set(kwargs.get("eos_token_id") or [])
+    max_new = int(kwargs["max_new_tokens"])
+    stop_strings = [text for text in (gen_cfg.stop_strings or []) if text]
+    device = next(model.parameters()).device
+    input_ids, attention_mask, pads, width = _left_padded(prompts, kwargs["pad_token_id"], device)
+    n = len(prompts)
+    new_ids: list[list[int]] = [[] for _ in range(n)]
+    stopped_by = ["max_tokens"] * n
+    alive = list(range(n))  # the prompt index of each row still in the batch
+    names = list(adapter_names) if adapter_names is not None else None
+    if names is not None and len(names) != n:
+        raise ValueError("adapter_names needs one name per prompt")
+    # The model derives the same position ids from the mask inside generate(): padding gets 1, then 0, 1, ...
+    position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    seen = None
+    if penalty != 1.0:
+        vocabulary = int(getattr(model.config, "vocab_size", 0) or 0) or len(tokenizer)
+        seen = torch.zeros((n, vocabulary), dtype=torch.bool, device=device)  # tokens each row has so far
+        for row, pad in enumerate(pads):
+            seen[row, input_ids[row, pad:]] = True
+    parameters = _forward_parameters(model)
+    extra: dict[str, Any] = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    # transformers 5.24 renamed the forward's past_key_values to cache (the old name warns until 5.40).
+    cache_name = "cache" if "cache" in parameters else "past_key_values"
+    step_ids, mask, positions, cache = input_ids, attention_mask, position_ids, None
+    cancelled = False
+    with torch.inference_mode(), model_use.running():
+        for _ in range(max_new):
+            if stop is not None and stop.is_set:
+                cancelled = True
+                break
+            if names is not None:
+                extra["adapter_names"] = names
+            extra[cache_name] = cache
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=use_cache, **extra)
+            cache = getattr(out, cache_name, None)
+            scores = out.logits[:, -1, :].float()
+            if seen is not None:
+                penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+                scores = torch.where(seen[:, :scores.shape[-1]], penalised, scores)
+            tokens = scores.argmax(-1)
+            keep = []
+            for row, token in enumerate(tokens.tolist()):
+                index = alive[row]
+                new_ids[index].append(token)
+                if token in eos_ids:
+                    stopped_by[index] = "eos"
+                elif len(new_ids[index]) >= max_new:
+                    stopped_by[index] = "max_tokens"
+                elif stop_strings and any(text in tokenizer.decode(new_ids[index], skip_special_tokens=True)
+                                          for text in stop_strings):
+                    stopped_by[index] = "stop_string"
+                else:
+                    keep.append(row)
+            if not keep:
+                break
+            if seen is not None:
+                seen[torch.arange(len(alive), device=device), tokens] = True
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            positions = positions[:, -1:] + 1
+            step_ids = tokens[:, None]
+            if not use_cache:  # no cache: feed the whole sequence again
+                step_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
+                input_ids = step_ids
+                positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            if len(keep) < len(alive):
+                rows = torch.tensor(keep, dtype=torch.long, device=device)
+                if cache is not None:
+                    cache.reorder_cache(rows)
+                mask, positions, step_ids = mask[rows], positions[rows], step_ids[rows]
+                if not use_cache:
+                    input_ids = input_ids[rows]
+                if seen is not None:
+                    seen = seen[rows]
+                if names is not None:
+                    names = [names[row] for row in keep]
+                alive = [alive[row] for row in keep]
+    if stop is not None and stop.is_set:
+        cancelled = True
+    seconds = (time.perf_counter() - started) / max(n, 1)
+    results = []
+    for index, (prompt, _) in enumerate(prompts):
+        ids = new_ids[index]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        reason = stopped_by[index]
+        for stop_string in stop_strings:
+            where = text.find(stop_string)
+            if where != -1:
+                text, reason = text[:where], "stop_string"
+        if cancelled and reason == "max_tokens":
+            reason = "cancelled"
+        results.append(GenerationResult(text=text, n_tokens=len(ids), seconds=seconds, first_token_seconds=None,
+                                        stopped_by=reason, prompt=prompt, token_ids=ids))
+    return results
+
+
+def _answer_batch_generate(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]], gen_cfg: GenerationConfig,
+                           *, stop: StopToken | None = None, **generate_kwargs) -> list[GenerationResult]:
     """Greedy answers to ``prompts`` ((text, token ids) pairs) in one left-padded ``generate`` call.
 
     Each answer is the one ``generate`` gives for that prompt alone: attention mask and pad id are
@@ -716,6 +884,55 @@ class ModelSession:
             if progress:
                 progress(done, total)
         return [r for r in results if r is not None]
+
+    def generate_both(self, prompts: Sequence, gen_cfg: GenerationConfig | None = None, *,
+                      batch_size: int | None = None, stop: StopToken | None = None,
+                      prompt_format: DataConfig | None = None,
+                      progress: Callable[[int, int], None] | None = None
+                      ) -> tuple[list[GenerationResult], list[GenerationResult]]:
+        """(base answers, fine-tuned answers) to every prompt, greedy, in ``prompts`` order.
+
+        A LoRA run answers both sides in one mixed-adapter batch (each prompt twice, as base and as fine-tuned,
+        ``adapter_names``): one decoding pass instead of two, each answer identical to ``generate`` alone.
+        Other runs (full fine-tuning, prefix tuning) and sampling answer side after side (``generate_batch``).
+        ``progress(done, total)`` counts answers (``total`` = 2 x prompts)."""
+        gen_cfg = gen_cfg or (self.run_config.generation if self.run_config else GenerationConfig())
+        total = len(prompts)
+
+        def side_progress(offset: int):
+            if progress is None:
+                return None
+            return lambda done, _count: progress(offset + done, 2 * total)
+
+        if not self.can_pair or gen_cfg.do_sample or total == 0:
+            base = self.generate_batch(prompts, gen_cfg, use_adapter=False, batch_size=batch_size, stop=stop,
+                                       prompt_format=prompt_format, progress=side_progress(0))
+            tuned = self.generate_batch(prompts, gen_cfg, use_adapter=True, batch_size=batch_size, stop=stop,
+                                        prompt_format=prompt_format, progress=side_progress(total))
+            return base, tuned
+        built = [self.build_prompt(p, prompt_format=prompt_format) for p in prompts]
+        if any(not ids for _, ids in built):
+            raise ValueError("the prompt is empty")
+        if batch_size is None:
+            batch_size = 16 if self.device == "cpu" else 32  # prompts per batch: twice as many rows
+        order = sorted(range(total), key=lambda i: len(built[i][1]))
+        base: list[GenerationResult | None] = [None] * total
+        tuned: list[GenerationResult | None] = [None] * total
+        from core import model_use
+
+        for start in range(0, total, batch_size):
+            if stop is not None:
+                stop.raise_if_set()
+            chunk = order[start:start + batch_size]
+            rows = [built[i] for i in chunk for _ in (0, 1)]
+            names = ["__base__", "default"] * len(chunk)
+            with self._lock, model_use.running():
+                answers = answer_batch(self.model, self.tokenizer, rows, gen_cfg, stop=stop, adapter_names=names)
+            for k, i in enumerate(chunk):
+                base[i], tuned[i] = answers[2 * k], answers[2 * k + 1]
+            if progress:
+                progress(2 * min(start + batch_size, total), 2 * total)
+        return [r for r in base if r is not None], [r for r in tuned if r is not None]
 
     @property
     def can_pair(self) -> bool:

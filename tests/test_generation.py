@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -232,6 +233,73 @@ def test_batched_greedy_answers_equal_one_by_one(session, penalty):
         assert [r.token_ids for r in together] == [r.token_ids for r in alone]
         assert [r.text for r in together] == [r.text for r in alone]
         assert [r.stopped_by for r in together] == [r.stopped_by for r in alone]
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_base_and_tuned_rows_in_one_batch_equal_one_by_one(session, penalty):
+    # Evaluate's path: each question twice in one mixed-adapter batch (peft adapter_names); rows that end early
+    # (here a stop string taken from one answer) leave the batch and the cache while the others go on.
+    from core.generation import _decodes_by_hand
+
+    assert session.can_pair and _decodes_by_hand(session.model)
+    questions = ["What is the capital of France?", "Hi", "Name three colours of the rainbow, please.",
+                 "2+2?", "Why is the sky blue when the sun is high and red when it sets?"]
+    cfg = GenerationConfig(max_new_tokens=10, do_sample=False, repetition_penalty=penalty)
+    first = session.generate(questions[2], cfg, use_adapter=True)
+    cut = re.search(r"[A-Za-z]{2}", first.text).group(0)  # whole characters (the tiny model also makes bytes)
+    cfg = GenerationConfig(max_new_tokens=10, do_sample=False, repetition_penalty=penalty, stop_strings=[cut])
+    alone_base = [session.generate(q, cfg, use_adapter=False) for q in questions]
+    alone_tuned = [session.generate(q, cfg, use_adapter=True) for q in questions]
+    assert alone_tuned[2].stopped_by == "stop_string" and alone_tuned[2].n_tokens < 10
+    counts = []
+    base, tuned = session.generate_both(questions, cfg, batch_size=3, progress=lambda d, t: counts.append((d, t)))
+    for together, alone in ((base, alone_base), (tuned, alone_tuned)):
+        for got, want in zip(together, alone, strict=True):
+            if want.stopped_by == "stop_string":  # generate() alone checks one token late: its ids run one further
+                assert want.token_ids[:len(got.token_ids)] == got.token_ids and len(want.token_ids) - 1 <= len(got.token_ids)
+            else:
+                assert got.token_ids == want.token_ids
+        assert [r.text for r in together] == [r.text for r in alone]
+        assert [r.stopped_by for r in together] == [r.stopped_by for r in alone]
+    assert counts == [(6, 10), (10, 10)]
+    assert [r.text for r in base] != [r.text for r in tuned]
+
+
+def test_batch_rows_leave_when_they_end_and_cancel_stops_within_a_token(session, monkeypatch):
+    # The hand-written loop shrinks the batch as rows end: a row that ends at its stop string is not computed
+    # again. Measured through the rows each forward pass gets.
+    from core.generation import answer_batch
+
+    cfg = GenerationConfig(max_new_tokens=10, do_sample=False)
+    prompts = [session.build_prompt(q) for q in ("What is the capital of France?", "Hi", "2+2?")]
+    with session.model_for(True) as model:
+        full = answer_batch(model, session.tokenizer, prompts, cfg)
+        cut = next(c for c in (m.group(1) for m in re.finditer(r"(?=([A-Za-z]{2}))", full[1].text))
+                   if c not in full[0].text and c not in full[2].text)
+        widths: list[int] = []
+        original = type(model).forward
+
+        def counting(self, *args, **kwargs):
+            widths.append(int(kwargs["input_ids"].shape[0]))
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(type(model), "forward", counting)
+        stopped = answer_batch(model, session.tokenizer, prompts,
+                               GenerationConfig(max_new_tokens=10, do_sample=False, stop_strings=[cut]))
+        assert stopped[1].stopped_by == "stop_string" and stopped[1].n_tokens < 10
+        assert widths[0] == 3 and widths[-1] == 2 and len(widths) == 10
+        stop = StopToken()
+        widths.clear()
+
+        def stop_after_two(self, *args, **kwargs):
+            if len(widths) == 2:
+                stop.request("user")
+            return counting(self, *args, **kwargs)
+
+        monkeypatch.setattr(type(model), "forward", stop_after_two)
+        cancelled = answer_batch(model, session.tokenizer, prompts, cfg, stop=stop)
+    assert [r.stopped_by for r in cancelled] == ["cancelled"] * 3 and all(r.n_tokens == 3 for r in cancelled)
+    assert [r.token_ids for r in cancelled] == [r.token_ids[:3] for r in full]
 
 
 def test_probe_answers_in_a_batch_equal_one_by_one(session):
