@@ -218,14 +218,19 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
                 results[key] = run_worker("chat_bench:chat", adapter=adapter, mode=mode, max_new_tokens=new_tokens,
                                           **extra)
         if wanted("evaluate"):
-            print("evaluate: 26 questions, base and fine-tuned, one by one vs batched")
+            print("evaluate: 26 questions, base and fine-tuned: one by one, generate() batches, rows leaving, both sides")
             n = 6 if quick else 26
-            runs = {mode: run_worker("eval_bench:answers", adapter=adapter, mode=mode, n=n)
-                    for mode in ("one_by_one", "batched")}
-            one, batched = runs["one_by_one"], runs["batched"]
-            if "seconds" in one and "seconds" in batched:
-                runs["speedup"] = round(one["seconds"] / batched["seconds"], 2)
-                runs["identical_answers"] = one.pop("texts") == batched.pop("texts")
+            run = run_worker("eval_bench:make_run", timeout=1800, workdir=str(work / "evaluate"),
+                             max_steps=4 if quick else 60)
+            modes = ("one_by_one", "generate_batches", "batched", "both")
+            runs = {mode: run_worker("eval_bench:answers", adapter=run.get("folder", adapter), mode=mode, n=n)
+                    for mode in modes}
+            one = runs["one_by_one"]
+            if all("seconds" in runs[m] for m in modes):
+                runs["speedup"] = round(one["seconds"] / runs["both"]["seconds"], 2)
+                runs["speedups"] = {m: round(one["seconds"] / runs[m]["seconds"], 2) for m in modes}
+                texts = [runs[m].pop("texts") for m in modes]
+                runs["identical_answers"] = all(t == texts[0] for t in texts)
             results["evaluate_answers"] = runs
         import shutil
 
@@ -236,6 +241,17 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
             "default": run_worker("memory_bench:breakdown", timeout=1800, workdir=str(work / "memory")),
             "gradient_checkpointing": run_worker("memory_bench:breakdown", timeout=1800, workdir=str(work / "memory"),
                                                  overrides={"training.gradient_checkpointing": True})}
+    if wanted("padding"):
+        print("padding the batches carry (what packing could save)")
+        results["padding"] = run_worker("padding:padding_share")
+    if wanted("eval_share"):
+        print("evaluations' share of a run: before (every held-out example, split order) / after (cap, sorted)")
+        steps = 6 if quick else 60
+        results["eval_share"] = {
+            f"{name}_{mode}": run_worker("eval_share:share", timeout=1800, mode=mode, source=source, max_steps=steps,
+                                         workdir=str(work / "eval-share"))
+            for name, source in (("quickstart", "sample:trivia"), ("all_topics", "sample:all"))
+            for mode in ("before", "after")}
     if wanted("peer"):
         print("against LLaMA-Factory")
         from bench.peer_bench import section as peer_section
@@ -450,14 +466,40 @@ def markdown(results: dict) -> str:
             out.append(f"| {phase} | {cell(peak)} | {cell(other.get(phase))} |")
         out.append("")
     ev = results.get("evaluate_answers", {})
-    if "speedup" in ev:
-        one, batched = ev["one_by_one"], ev["batched"]
-        out += [f"### Evaluate's answers ({one['questions']} questions x base and fine-tuned, greedy, "
-                f"{one['max_new_tokens']} new tokens at most)", "",
-                "| answers | one question at a time | batches of 8 | speed-up (target ≥ 3×) | identical answers |",
-                "|---|---|---|---|---|",
-                f"| {one['answers']} | {one['seconds']} s | {batched['seconds']} s | {ev['speedup']}× "
-                f"({_ok(ev['speedup'] >= 3)}) | {ev.get('identical_answers')} |", ""]
+    if "speedups" in ev:
+        one = ev["one_by_one"]
+        labels = {"one_by_one": "one question at a time (before)", "generate_batches": "generate() batches of 8",
+                  "batched": "batches, rows leave as they end", "both": "base + fine-tuned rows in one batch (now)"}
+        out += [f"### Evaluate's answers ({one['questions']} questions x base and fine-tuned of the 60-step quickstart "
+                f"run, greedy, {one['max_new_tokens']} new tokens at most; answer characters base / fine-tuned: "
+                f"{one.get('answer_chars_by_side')}; identical answers in every mode: {ev.get('identical_answers')})",
+                "",
+                "| mode | seconds | speed-up (target ≥ 3×) |", "|---|---|---|"]
+        for mode, label in labels.items():
+            out.append(f"| {label} | {ev[mode]['seconds']} s | {ev['speedups'][mode]}× "
+                       f"({_ok(ev['speedups'][mode] >= 3)}) |")
+        out.append("")
+    pad = results.get("padding", {})
+    if "length_grouped" in pad:
+        out += [f"### Padding in the batches ({pad['examples']} examples, mean {pad['mean_tokens']} tokens, batch "
+                f"{pad['batch_size']}): what padding-free packing could save", "",
+                "| batches | real tokens | computed tokens | padding |", "|---|---|---|---|"]
+        for key, label in (("length_grouped", "length-grouped (the app's default)"), ("random", "random order")):
+            p = pad[key]
+            out.append(f"| {label} | {p['real_tokens']} | {p['computed_tokens']} | {p['padding_share']:.1%} |")
+        out.append("")
+    shares = results.get("eval_share", {})
+    if shares:
+        out += ["### Evaluations' share of a run (quickstart settings, 60 steps, evaluations at 0/20/40/60)", "",
+                "| data | mode | held-out examples used | evaluations | eval seconds | run seconds | share |",
+                "|---|---|---|---|---|---|---|"]
+        for key, r in shares.items():
+            if "eval_share" in r:
+                out.append(f"| {r['source']} | {r['mode']} | {r['eval_examples']} of {r['eval_examples_available']} "
+                           f"| {r['evaluations']} | {r['eval_seconds']} | {r['run_seconds']} | {r['eval_share']:.0%} |")
+            else:
+                out.append(f"| {key} | error: {str(r.get('error', r))[-200:]!r} | | | | | |")
+        out.append("")
     if "peer" in results:
         from bench.peer_bench import markdown as peer_markdown
 
@@ -485,7 +527,7 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few examples, short caps: checks the suite itself")
-    parser.add_argument("--only", help="comma-separated sections: throughput,throughput_update,ablations,profile,quality,gui,chat,evaluate,memory,"
+    parser.add_argument("--only", help="comma-separated sections: throughput,throughput_update,ablations,profile,quality,gui,chat,evaluate,eval_share,padding,memory,"
                         "peer (LLaMA-Factory on identical work; needs the peer's venv, created if missing)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for latest.json / latest.md")
     parser.add_argument("--report", metavar="JSON", help="only re-render the Markdown of a saved result file")

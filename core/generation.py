@@ -868,7 +868,7 @@ class ModelSession:
         if any(not ids for _, ids in built):
             raise ValueError("the prompt is empty")
         if batch_size is None:
-            batch_size = 8 if self.device == "cpu" else 32
+            batch_size = 32 if self.device == "cpu" else 64  # finished rows leave: big batches cost little more
         order = sorted(range(total), key=lambda i: len(built[i][1]))
         results: list[GenerationResult | None] = [None] * total
         done = 0
@@ -914,7 +914,9 @@ class ModelSession:
         if any(not ids for _, ids in built):
             raise ValueError("the prompt is empty")
         if batch_size is None:
-            batch_size = 16 if self.device == "cpu" else 32  # prompts per batch: twice as many rows
+            # Prompts per batch (twice as many rows). Finished rows leave, so a big batch costs little more per
+            # step than a small one: on 2 CPU cores 26 questions in one batch took 12.1 s, in two 16.1 s.
+            batch_size = 32 if self.device == "cpu" else 64
         order = sorted(range(total), key=lambda i: len(built[i][1]))
         base: list[GenerationResult | None] = [None] * total
         tuned: list[GenerationResult | None] = [None] * total

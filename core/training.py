@@ -1220,10 +1220,7 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     if cfg.training.group_by_length and "length" not in train_dataset.column_names:
         # Precomputed lengths (from the Arrow offsets, no Python loop) spare the Trainer's length-grouped
         # sampler a pass over every example at start-up.
-        import pyarrow.compute as pc
-
-        lengths = pc.list_value_length(train_dataset.data.column("input_ids")).to_pylist()
-        train_dataset = train_dataset.add_column("length", lengths)
+        train_dataset = train_dataset.add_column("length", _token_lengths(train_dataset))
     if stop is not None:
         stop.raise_if_set()
 
