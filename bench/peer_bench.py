@@ -135,7 +135,7 @@ def _timed(cmd: list[str], cwd: str, env: dict, log: Path) -> dict:
 
 
 def run_app(workload: str, data_folder: str, workdir: str, threads: int | None = None,
-            checkpointing: bool = False) -> dict:
+            checkpointing: bool = False, precision: str = "fp32") -> dict:
     """``python main.py train`` on the workload; tokens/s from its metrics.jsonl (HF's non-padding token count).
     ``checkpointing``: gradient checkpointing on (off by default in the app; on by default in LLaMA-Factory)."""
     spec = WORKLOADS[workload]
@@ -151,6 +151,7 @@ def run_app(workload: str, data_folder: str, workdir: str, threads: int | None =
            "--set", f"training.save_steps={STEPS}", "--set", "training.eval_before_training=false"]
     if checkpointing:
         cmd += ["--set", "training.gradient_checkpointing=true"]
+    cmd += ["--set", f"training.precision={precision}"]
     if spec["method"] == "lora":
         cmd += ["--set", f"method.lora_r={spec['r']}", "--set", f"method.lora_alpha={spec['alpha']}",
                 "--set", f"method.target_modules={','.join(spec['targets'])}"]
@@ -161,14 +162,15 @@ def run_app(workload: str, data_folder: str, workdir: str, threads: int | None =
     lines = [json.loads(line) for line in (workdir / "peer" / "metrics.jsonl").read_text().splitlines() if line]
     train = [line for line in lines if line.get("kind") == "train"]
     last = train[-1]
-    result.update(tool="app", workload=workload, checkpointing=checkpointing, steps=last["step"],
+    result.update(tool="app", workload=workload, checkpointing=checkpointing, precision=precision, steps=last["step"],
                   tokens=last["tokens_trained"],
                   train_seconds=round(last["elapsed_seconds"], 1))
     result["tokens_per_second"] = round(result["tokens"] / last["elapsed_seconds"], 1)
     return result
 
 
-def run_peer(workload: str, data_folder: str, workdir: str, cli: str, threads: int | None = None) -> dict:
+def run_peer(workload: str, data_folder: str, workdir: str, cli: str, threads: int | None = None,
+             precision: str = "fp32") -> dict:
     """``llamafactory-cli train`` on the workload; tokens/s from its trainer_state/train_results."""
     from core.models import ensure_bundled_model
 
@@ -182,7 +184,7 @@ def run_peer(workload: str, data_folder: str, workdir: str, cli: str, threads: i
         "template": "smollm2", "cutoff_len": CUTOFF, "per_device_train_batch_size": BATCH,
         "gradient_accumulation_steps": 1, "max_steps": STEPS, "learning_rate": spec["lr"], "logging_steps": 10,
         "save_strategy": "no", "report_to": "none", "output_dir": str(out), "overwrite_output_dir": True,
-        "overwrite_cache": True, "include_num_input_tokens_seen": "non_padding", "bf16": False, "fp16": False,
+        "overwrite_cache": True, "include_num_input_tokens_seen": "non_padding", "bf16": precision == "bf16", "fp16": False,
         "plot_loss": False, "val_size": 0.0,
     }
     if spec["method"] == "lora":
@@ -202,25 +204,32 @@ def run_peer(workload: str, data_folder: str, workdir: str, cli: str, threads: i
     runtime = json.loads((out / "train_results.json").read_text())["train_runtime"]
     tokens = int(state.get("num_input_tokens_seen") or max(
         (e.get("num_input_tokens_seen", 0) for e in state.get("log_history", [])), default=0))
-    result.update(tool="llamafactory", workload=workload, steps=state["global_step"], tokens=tokens,
+    result.update(tool="llamafactory", workload=workload, precision=precision, steps=state["global_step"], tokens=tokens,
                   train_seconds=round(runtime, 1), tokens_per_second=round(tokens / runtime, 1))
     return result
 
 
 # ------------------------------------------------------------------------------------------ the section
-def section(run_worker, work: Path, venv: str | None = None) -> dict:
+def section(run_worker, work: Path, venv: str | None = None, precisions: tuple[str, ...] | None = None) -> dict:
     """Both tools on every workload, interleaved (app, peer, app, peer, ...) so drift in the machine's load
-    hits both alike; the ratios and the targets."""
+    hits both alike; the ratios and the targets. ``precisions``: fp32, plus bf16 (both tools) where the CPU has
+    native bf16 instructions (core.devices.cpu_bf16_instructions)."""
+    from core.devices import cpu_bf16_instructions
+
+    if precisions is None:
+        precisions = ("fp32", "bf16") if cpu_bf16_instructions() else ("fp32",)
     peer = ensure_llamafactory(venv)
     data = run_worker("peer_bench:write_data", folder=str(work / "peer-data"))
     rows = []
-    for workload in WORKLOADS:
+    for workload, precision in ((w, p) for p in precisions for w in WORKLOADS):
+        tag = workload if precision == "fp32" else f"{workload}-{precision}"
         app = run_worker("peer_bench:run_app", timeout=1800, workload=workload, data_folder=data["folder"],
-                         workdir=str(work / f"peer-app-{workload}"))
+                         workdir=str(work / f"peer-app-{tag}"), precision=precision)
         other = run_worker("peer_bench:run_peer", timeout=1800, workload=workload, data_folder=data["folder"],
-                           workdir=str(work / f"peer-lf-{workload}"), cli=peer["cli"])
-        row = {"workload": workload, "app": app, "llamafactory": other}
-        if WORKLOADS[workload]["method"] == "lora":
+                           workdir=str(work / f"peer-lf-{tag}"), cli=peer["cli"], precision=precision)
+        row = {"workload": workload if precision == "fp32" else f"{workload}, both {precision}", "precision": precision,
+               "app": app, "llamafactory": other}
+        if WORKLOADS[workload]["method"] == "lora" and precision == "fp32":
             # The memory lever LLaMA-Factory uses by default: recompute activations in the backward pass.
             row["app_checkpointing"] = run_worker(
                 "peer_bench:run_app", timeout=1800, workload=workload, data_folder=data["folder"],
@@ -280,9 +289,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peer-venv", help="LLaMA-Factory's virtual environment (created if missing)")
     parser.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
+    parser.add_argument("--precisions", help="comma-separated: fp32,bf16 (default: bf16 too where the CPU has it)")
     args = parser.parse_args()
     if args.only:
         WORKLOADS = {k: v for k, v in WORKLOADS.items() if k in args.only.split(",")}  # noqa: N816
-    outcome = section(_run_worker, Path(tempfile.mkdtemp(prefix="studio-peer-")), args.peer_venv)
+    outcome = section(_run_worker, Path(tempfile.mkdtemp(prefix="studio-peer-")), args.peer_venv,
+                      tuple(args.precisions.split(",")) if args.precisions else None)
     print(json.dumps(outcome, indent=2))
     print("\n".join(markdown(outcome)))

@@ -473,8 +473,10 @@ class TrainingConfig:
         "auto",
         "How many bits each number uses while training: fp32 = 32-bit (exact; what CPUs use), bf16/fp16 = "
         "16-bit (half the activation memory, much faster on GPUs that support them; bf16 is the more robust "
-        "of the two). `auto` picks bf16 on GPUs that support it, fp16 on other GPUs and fp32 on CPU; the "
-        "16-bit formats are offered only where the device supports them.",
+        "of the two). `auto` picks bf16 on GPUs that support it, fp16 on other GPUs and fp32 on CPU. bf16 also "
+        "works on CPUs with native bf16 instructions (Intel AMX, AVX-512 BF16); a LoRA run then keeps the "
+        "frozen model weights in bf16 (half their memory). The 16-bit formats are refused where the device "
+        "lacks them.",
         label="Precision",
         choices=("auto", "fp32", "bf16", "fp16"),
         advanced=True,

