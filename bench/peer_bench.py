@@ -187,6 +187,8 @@ def run_peer(workload: str, data_folder: str, workdir: str, cli: str, threads: i
         "overwrite_cache": True, "include_num_input_tokens_seen": "non_padding", "bf16": precision == "bf16", "fp16": False,
         "plot_loss": False, "val_size": 0.0,
     }
+    if precision == "bf16":
+        config["use_cpu"] = True  # the Trainer refuses bf16 without a GPU unless told it runs on the CPU
     if spec["method"] == "lora":
         config.update(lora_rank=spec["r"], lora_alpha=spec["alpha"], lora_dropout=0.0,
                       lora_target=",".join(spec["targets"]))

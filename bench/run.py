@@ -507,6 +507,11 @@ def markdown(results: dict) -> str:
         from bench.peer_bench import markdown as peer_markdown
 
         out += ["### Against LLaMA-Factory (identical work)", ""] + peer_markdown(results["peer"]) + [""]
+    if "peer_bf16" in results:
+        from bench.peer_bench import markdown as peer_markdown
+
+        out += ["### Against LLaMA-Factory, both tools in bf16 (a CPU with native bf16)", ""] + \
+            peer_markdown(results["peer_bf16"]) + [""]
     verdicts = []
     for method in ("lora", "full"):
         for contender, key in (("tutorial", "app_vs_tutorial"), ("padded", "app_vs_padded")):
