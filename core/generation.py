@@ -574,16 +574,15 @@ def _answer_batch_by_hand(model, tokenizer, prompts: Sequence[tuple[str, Sequenc
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             positions = positions[:, -1:] + 1
             step_ids = tokens[:, None]
-            if not use_cache:  # no cache: feed the whole sequence again
-                step_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
-                input_ids = step_ids
+            if cache is None:  # no cache (switched off, or a model in training mode): the whole sequence again
+                step_ids = input_ids = torch.cat([input_ids, tokens[:, None]], dim=-1)
                 positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
             if len(keep) < len(alive):
                 rows = torch.tensor(keep, dtype=torch.long, device=device)
                 if cache is not None:
                     cache.reorder_cache(rows)
                 mask, positions, step_ids = mask[rows], positions[rows], step_ids[rows]
-                if not use_cache:
+                if cache is None:
                     input_ids = input_ids[rows]
                 if seen is not None:
                     seen = seen[rows]

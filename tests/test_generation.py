@@ -302,6 +302,18 @@ def test_batch_rows_leave_when_they_end_and_cancel_stops_within_a_token(session,
     assert [r.token_ids for r in cancelled] == [r.token_ids[:3] for r in full]
 
 
+def test_batch_answers_without_a_kv_cache_equal_those_with_one(session):
+    # A model that returns no cache (use_cache off, or in training mode) gets the whole sequence every step.
+    from core.generation import answer_batch
+
+    cfg = GenerationConfig(max_new_tokens=6, do_sample=False, repetition_penalty=1.2)
+    prompts = [session.build_prompt(q) for q in ("What is the capital of France?", "Hi", "2+2?")]
+    with session.model_for(True) as model:
+        cached = answer_batch(model, session.tokenizer, prompts, cfg)
+        uncached = answer_batch(model, session.tokenizer, prompts, cfg, use_cache=False)
+    assert [r.token_ids for r in uncached] == [r.token_ids for r in cached]
+
+
 def test_probe_answers_in_a_batch_equal_one_by_one(session):
     # The training-time probes use the same batched path on the model being trained.
     from core.probes import generate_probe_answer, generate_probe_answers
