@@ -350,7 +350,9 @@ def estimate(cfg: RunConfig, *, model_info: Architecture | None = None, device: 
     if stats.get("max"):
         length = min(length, int(stats["max"]))
 
-    weight_bytes_per_param = 0.5 if method == "qlora" else element
+    # A bf16 LoRA run loads its frozen weights in bf16 (core.training._frozen_weights_dtype); other 16-bit runs
+    # (full fine-tuning, prefix tuning, fp16) keep fp32 weights and compute in 16 bits under autocast.
+    weight_bytes_per_param = 0.5 if method == "qlora" else (2 if method == "lora" and precision == "bf16" else 4)
     parts = [MemoryPart("weights", int(arch.total_params * weight_bytes_per_param),
                         f"{arch.total_params / 1e6:.0f}M parameters x {weight_bytes_per_param:g} bytes")]
     if method != "full":

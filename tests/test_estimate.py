@@ -201,3 +201,21 @@ def test_run_time_covers_loading_evaluations_training_and_saving(tiny_model_dir,
     unknown = estimate(tiny_config(tiny_model_dir), model_info=architecture(cfg), measure_device=False)
     assert unknown.total_steps is None and unknown.run_parts == {} and duration_text(unknown) == ""
     assert duration_text(None) == ""
+
+
+def test_weights_in_the_precision_they_are_loaded_in(tiny_model_dir, isolated_home):
+    """A bf16 LoRA run loads its frozen weights in bf16 (2 bytes each); full fine-tuning in bf16 keeps fp32 master
+    weights under autocast (4 bytes). (A CPU with native bf16: the estimate needs no GPU.)"""
+    from core.devices import DeviceInfo
+    from core.estimate import architecture, estimate
+
+    bf16_cpu = DeviceInfo("cpu", "CPU", None, None, True, False)
+    cfg = tiny_config(tiny_model_dir)
+    arch = architecture(cfg)
+    weights = {}
+    for method in ("lora", "full"):
+        for precision in ("bf16", "fp32"):
+            cfg.method.method, cfg.training.precision = method, precision
+            est = estimate(cfg, model_info=arch, device=bf16_cpu, measure_device=False)
+            weights[method, precision] = {p.name: p.bytes for p in est.parts}["weights"] / arch.total_params
+    assert weights == {("lora", "bf16"): 2, ("lora", "fp32"): 4, ("full", "bf16"): 4, ("full", "fp32"): 4}
