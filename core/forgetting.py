@@ -87,6 +87,13 @@ class ForgettingReport:
             text += " " + ADVICE
         return text
 
+    def short_sentence(self) -> str:
+        """The headline with its numbers and, when it is not fine, what to do (the threshold's meaning left out:
+        the Evaluate page shows it as the tooltip)."""
+        text = (f"{self.headline[0].upper()}{self.headline[1:]} (loss on {self.n_probes} general probes "
+                f"{self.base_loss:.3f} → {self.tuned_loss:.3f}).")
+        return text + (" " + ADVICE if self.verdict != "fine" else "")
+
     def to_dict(self) -> dict:
         return {**asdict(self), "headline": self.headline}
 

@@ -482,7 +482,7 @@ def _forward_parameters(model) -> set[str]:
 
 def answer_batch(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]], gen_cfg: GenerationConfig, *,
                  stop: StopToken | None = None, adapter_names: Sequence[str] | None = None,
-                 **generate_kwargs) -> list[GenerationResult]:
+                 on_done: Callable[[int], None] | None = None, **generate_kwargs) -> list[GenerationResult]:
     """Greedy answers to ``prompts`` ((text, token ids) pairs), all rows decoded together.
 
     Each answer is the one ``generate`` gives for that prompt alone (tested token for token). Rows are
@@ -493,18 +493,23 @@ def answer_batch(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]],
     or an adapter) answers base and fine-tuned rows in one batch. Models the loop cannot drive (prefix
     tuning, encoder-decoder, greedy-changing generation settings) answer through one ``generate`` call.
     ``stop`` ends within one token (``stopped_by="cancelled"``). ``seconds`` is the call's time shared equally.
+    ``on_done(k)``: k rows have ended so far (progress within a batch; the generate() path reports at its end).
     """
     if _decodes_by_hand(model):
         return _answer_batch_by_hand(model, tokenizer, prompts, gen_cfg, stop=stop, adapter_names=adapter_names,
-                                     use_cache=generate_kwargs.pop("use_cache", True))
+                                     use_cache=generate_kwargs.pop("use_cache", True), on_done=on_done)
     if adapter_names is not None:
         generate_kwargs["adapter_names"] = list(adapter_names)
-    return _answer_batch_generate(model, tokenizer, prompts, gen_cfg, stop=stop, **generate_kwargs)
+    results = _answer_batch_generate(model, tokenizer, prompts, gen_cfg, stop=stop, **generate_kwargs)
+    if on_done is not None:
+        on_done(len(results))
+    return results
 
 
 def _answer_batch_by_hand(model, tokenizer, prompts: Sequence[tuple[str, Sequence[int]]], gen_cfg: GenerationConfig,
                           *, stop: StopToken | None = None, adapter_names: Sequence[str] | None = None,
-                          use_cache: bool = True) -> list[GenerationResult]:
+                          use_cache: bool = True, on_done: Callable[[int], None] | None = None
+                          ) -> list[GenerationResult]:
     """Greedy decoding with a KV cache, rows dropped from the batch (and from the cache) as they end."""
     import torch
 
@@ -567,6 +572,8 @@ def _answer_batch_by_hand(model, tokenizer, prompts: Sequence[tuple[str, Sequenc
                     stopped_by[index] = "stop_string"
                 else:
                     keep.append(row)
+            if on_done is not None and len(keep) < len(alive):
+                on_done(n - len(keep))
             if not keep:
                 break
             if seen is not None:
@@ -875,8 +882,10 @@ class ModelSession:
             if stop is not None:
                 stop.raise_if_set()
             chunk = order[start:start + batch_size]
+            ended = (lambda k, before=done: progress(before + k, total)) if progress else None
             with self.model_for(use_adapter) as model:
-                answers = answer_batch(model, self.tokenizer, [built[i] for i in chunk], gen_cfg, stop=stop)
+                answers = answer_batch(model, self.tokenizer, [built[i] for i in chunk], gen_cfg, stop=stop,
+                                       on_done=ended)
             for i, answer in zip(chunk, answers, strict=True):
                 results[i] = answer
             done += len(chunk)
@@ -927,8 +936,10 @@ class ModelSession:
             chunk = order[start:start + batch_size]
             rows = [built[i] for i in chunk for _ in (0, 1)]
             names = ["__base__", "default"] * len(chunk)
+            ended = (lambda k, before=2 * start: progress(before + k, 2 * total)) if progress else None
             with self._lock, model_use.running():
-                answers = answer_batch(self.model, self.tokenizer, rows, gen_cfg, stop=stop, adapter_names=names)
+                answers = answer_batch(self.model, self.tokenizer, rows, gen_cfg, stop=stop, adapter_names=names,
+                                       on_done=ended)
             for k, i in enumerate(chunk):
                 base[i], tuned[i] = answers[2 * k], answers[2 * k + 1]
             if progress:

@@ -638,7 +638,10 @@ class EvaluatePage(QWidget):
         forgetting = getattr(report, "forgetting", None)
         self.forgetting_label.setVisible(forgetting is not None)
         if forgetting is not None:
-            self.forgetting_label.setText(forgetting.sentence())
+            # The short form keeps the comparison table below visible in a 1280x800 window; the threshold's
+            # explanation is the tooltip.
+            self.forgetting_label.setText(forgetting.short_sentence())
+            self.forgetting_label.setToolTip(forgetting.sentence())
             color = {"fine": BETTER, "forgetting": WORSE}.get(forgetting.verdict)
             self.forgetting_label.setStyleSheet(f"color: {color.name()};" if color is not None else "")
         per_example = getattr(report, "per_example", None)
