@@ -260,13 +260,34 @@ def _benchmark_file() -> Path:
     return cache_dir() / "matmul_benchmark.json"
 
 
+def _processor_name(device: str) -> str:
+    """The CPU model (Linux: /proc/cpuinfo; elsewhere platform.processor()) or the GPU's name."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        return torch.cuda.get_device_name(index)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def measure_matmul_flops(device: str = "cpu", *, size: int = 1024, seconds: float = 0.5,
                          use_cache: bool = True) -> float:
     """Matmul FLOP/s of this machine (fp32 square matmuls for ~``seconds``); cached per device and thread
     count in the app cache so it runs once."""
     import torch
 
-    key = f"{device}:{torch.get_num_threads()}:{size}"
+    # The processor is part of the key: a home folder that moves to another machine (or a GPU swapped) must not
+    # reuse another processor's speed.
+    key = f"{device}:{torch.get_num_threads()}:{size}:{_processor_name(device)}"
     path = _benchmark_file()
     cache: dict = {}
     if use_cache and path.is_file():

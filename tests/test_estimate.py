@@ -219,3 +219,18 @@ def test_weights_in_the_precision_they_are_loaded_in(tiny_model_dir, isolated_ho
             est = estimate(cfg, model_info=arch, device=bf16_cpu, measure_device=False)
             weights[method, precision] = {p.name: p.bytes for p in est.parts}["weights"] / arch.total_params
     assert weights == {("lora", "bf16"): 2, ("lora", "fp32"): 4, ("full", "bf16"): 4, ("full", "fp32"): 4}
+
+
+def test_matmul_benchmark_cache_is_per_processor(isolated_home, monkeypatch):
+    """A home folder moved to another machine must not reuse the first machine's measured speed."""
+    import json
+
+    from core import estimate as est
+
+    monkeypatch.setattr(est, "_processor_name", lambda device: "CPU model A")
+    first = est.measure_matmul_flops("cpu", size=64, seconds=0.01)
+    assert est.measure_matmul_flops("cpu", size=64, seconds=0.01) == first  # cached
+    monkeypatch.setattr(est, "_processor_name", lambda device: "CPU model B")
+    est.measure_matmul_flops("cpu", size=64, seconds=0.01)
+    keys = json.loads((isolated_home / "cache" / "matmul_benchmark.json").read_text())
+    assert sorted(k.rsplit(":", 1)[1] for k in keys) == ["CPU model A", "CPU model B"]
