@@ -225,6 +225,7 @@ def run_suite(quick: bool, only: set[str] | None) -> dict:
             modes = ("one_by_one", "generate_batches", "batched", "both")
             runs = {mode: run_worker("eval_bench:answers", adapter=run.get("folder", adapter), mode=mode, n=n)
                     for mode in modes}
+            runs["run_steps"] = run.get("max_steps")
             one = runs["one_by_one"]
             if all("seconds" in runs[m] for m in modes):
                 runs["speedup"] = round(one["seconds"] / runs["both"]["seconds"], 2)
@@ -472,7 +473,8 @@ def markdown(results: dict) -> str:
         one = ev["one_by_one"]
         labels = {"one_by_one": "one question at a time (before)", "generate_batches": "generate() batches of 8",
                   "batched": "batches, rows leave as they end", "both": "base + fine-tuned rows in one batch (now)"}
-        out += [f"### Evaluate's answers ({one['questions']} questions x base and fine-tuned of the 60-step quickstart "
+        out += [f"### Evaluate's answers ({one['questions']} questions x base and fine-tuned of the "
+                f"{ev.get('run_steps', 60)}-step quickstart "
                 f"run, greedy, {one['max_new_tokens']} new tokens at most; answer characters base / fine-tuned: "
                 f"{one.get('answer_chars_by_side')}; identical answers in every mode: {ev.get('identical_answers')})",
                 "",
@@ -492,8 +494,9 @@ def markdown(results: dict) -> str:
         out.append("")
     shares = results.get("eval_share", {})
     if shares:
-        out += ["### Evaluations' share of a run (quickstart settings, 60 steps, evaluations at 0/20/40/60; every topic: "
-                "at most 200 held-out examples, the app's default)", "",
+        steps = next(iter(shares.values())).get("max_steps", "?")
+        out += [f"### Evaluations' share of a run (quickstart settings, {steps} steps, held-out loss every 20 steps and "
+                "at step 0; every topic: at most 200 held-out examples, the app's default)", "",
                 "| data | mode | held-out examples used | evaluations | eval seconds | run seconds | share |",
                 "|---|---|---|---|---|---|---|"]
         for key, r in shares.items():
