@@ -79,20 +79,21 @@ class ForgettingReport:
             return f"general ability: {figure}: some forgetting"
         return f"general ability: {figure}: the model is forgetting"
 
+    def _numbers(self) -> str:
+        return (f"{self.headline[0].upper()}{self.headline[1:]} (loss on {self.n_probes} general probes "
+                f"{self.base_loss:.3f} → {self.tuned_loss:.3f}).")
+
+    def _advice(self) -> str:
+        return " " + ADVICE if self.verdict != "fine" else ""
+
     def sentence(self) -> str:
         """The headline with the numbers behind it and what the threshold means."""
-        text = (f"{self.headline[0].upper()}{self.headline[1:]} (loss on {self.n_probes} general probes "
-                f"{self.base_loss:.3f} → {self.tuned_loss:.3f}). {self.threshold}")
-        if self.verdict != "fine":
-            text += " " + ADVICE
-        return text
+        return f"{self._numbers()} {self.threshold}{self._advice()}"
 
     def short_sentence(self) -> str:
         """The headline with its numbers and, when it is not fine, what to do (the threshold's meaning left out:
         the Evaluate page shows it as the tooltip)."""
-        text = (f"{self.headline[0].upper()}{self.headline[1:]} (loss on {self.n_probes} general probes "
-                f"{self.base_loss:.3f} → {self.tuned_loss:.3f}).")
-        return text + (" " + ADVICE if self.verdict != "fine" else "")
+        return self._numbers() + self._advice()
 
     def to_dict(self) -> dict:
         return {**asdict(self), "headline": self.headline}

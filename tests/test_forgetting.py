@@ -84,6 +84,10 @@ def test_over_trained_run_is_flagged_and_a_gentle_one_is_not(tiny_model_dir, tmp
     assert reports["harsh"].change_percent < FORGETTING_DROP
     assert "the model is forgetting" in reports["harsh"].headline
     assert "25 %" in reports["harsh"].sentence()  # the threshold is explained
+    # The Evaluate page's short form: numbers and advice, the threshold's meaning only in the tooltip (sentence()).
+    short = reports["harsh"].short_sentence()
+    assert "25 %" not in short and "general probes" in short and "To forget less" in short
+    assert "To forget less" not in reports["gentle"].short_sentence()
     answered = [i for i in reports["harsh"].items if i.base_answer is not None]
     assert len(answered) == 2 and all(i.tuned_answer is not None for i in answered)
     # The run summary quotes it.
