@@ -273,7 +273,7 @@ def _processor_name(device: str) -> str:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
-        pass
+        pass  # no /proc (not Linux): platform.processor() below names the CPU, safe to go on
     import platform
 
     return platform.processor() or platform.machine()
