@@ -79,14 +79,9 @@ def machine_info() -> dict:
     """CPU model, cores, RAM and library versions (without importing torch in this process)."""
     from importlib import metadata
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from core.devices import cpu_model  # no torch
+
+    cpu = cpu_model()
     ram = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

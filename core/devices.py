@@ -52,20 +52,31 @@ def _cpu_info() -> DeviceInfo:
     return DeviceInfo("cpu", f"CPU ({os.cpu_count() or 1} cores)", None, total, bool(cpu_bf16_instructions()), False)
 
 
-def cpu_bf16_instructions(cpuinfo: str | None = None) -> str:
-    """The CPU's native bf16 instructions: "amx" (Intel AMX: bf16 matrix multiplies ~4x faster than fp32, measured
-    937 vs 216 GFLOPS on 2 Xeon cores), "avx512_bf16", or "" (none, or not Linux: not detected)."""
+def _cpuinfo_field(name: str, cpuinfo: str | None = None) -> str:
+    """The first ``name`` line of /proc/cpuinfo (or of ``cpuinfo``); "" where there is none (not Linux)."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
                 cpuinfo = handle.read(200_000)
         except OSError:
-            return ""
-    flags: set[str] = set()
+            return ""  # no /proc (macOS, Windows): callers fall back to what platform says
     for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-            break
+        if line.startswith(name):
+            return line.split(":", 1)[-1].strip()
+    return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from the OS alone (no torch): /proc/cpuinfo, else platform.processor()."""
+    import platform
+
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "CPU"
+
+
+def cpu_bf16_instructions(cpuinfo: str | None = None) -> str:
+    """The CPU's native bf16 instructions: "amx" (Intel AMX: bf16 matrix multiplies ~4x faster than fp32, measured
+    937 vs 216 GFLOPS on 2 Xeon cores), "avx512_bf16", or "" (none, or not Linux: not detected)."""
+    flags = set(_cpuinfo_field("flags", cpuinfo).split())
     if "amx_bf16" in flags:
         return "amx"
     if "avx512_bf16" in flags:

@@ -261,22 +261,15 @@ def _benchmark_file() -> Path:
 
 
 def _processor_name(device: str) -> str:
-    """The CPU model (Linux: /proc/cpuinfo; elsewhere platform.processor()) or the GPU's name."""
+    """The CPU model or the GPU's name."""
     if device.startswith("cuda"):
         import torch
 
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         return torch.cuda.get_device_name(index)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass  # no /proc (not Linux): platform.processor() below names the CPU, safe to go on
-    import platform
+    from core.devices import cpu_model
 
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def measure_matmul_flops(device: str = "cpu", *, size: int = 1024, seconds: float = 0.5,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import platform
 import time
 from dataclasses import dataclass
 
@@ -77,17 +76,9 @@ def studio_settings() -> QSettings:
 
 def platform_device_text() -> str:
     """CPU model and core count from the OS alone (no torch): shown until core.devices answers."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # no /proc (macOS, Windows): platform.processor() below names the CPU
-        pass
-    name = name or platform.processor() or platform.machine() or "CPU"
-    return f"CPU: {name} · {os.cpu_count() or '?'} cores"
+    from core.devices import cpu_model
+
+    return f"CPU: {cpu_model()} · {os.cpu_count() or '?'} cores"
 
 
 def _format_bytes(n: float) -> str:
