@@ -501,15 +501,12 @@ def markdown(results: dict) -> str:
             else:
                 out.append(f"| {key} | error: {str(r.get('error', r))[-200:]!r} | | | | | |")
         out.append("")
-    if "peer" in results:
-        from bench.peer_bench import markdown as peer_markdown
+    for key, title in (("peer", "Against LLaMA-Factory (identical work)"),
+                       ("peer_bf16", "Against LLaMA-Factory, both tools in bf16 (a CPU with native bf16)")):
+        if key in results:
+            from bench.peer_bench import markdown as peer_markdown
 
-        out += ["### Against LLaMA-Factory (identical work)", ""] + peer_markdown(results["peer"]) + [""]
-    if "peer_bf16" in results:
-        from bench.peer_bench import markdown as peer_markdown
-
-        out += ["### Against LLaMA-Factory, both tools in bf16 (a CPU with native bf16)", ""] + \
-            peer_markdown(results["peer_bf16"]) + [""]
+            out += [f"### {title}", ""] + peer_markdown(results[key]) + [""]
     verdicts = []
     for method in ("lora", "full"):
         for contender, key in (("tutorial", "app_vs_tutorial"), ("padded", "app_vs_padded")):

@@ -121,12 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     wait(lambda: not chat.is_busy, 600, "the chat answers")
     shot("chat", "chat")
 
-    evaluate = window.pages["evaluate"]
-    window.open_next_step(("evaluate", run_dir))
-    evaluate.n_spin.setValue(5)
-    evaluate.start()
-    wait(lambda: not evaluate.is_busy, 1800, "the evaluation")
-    shot("evaluate", "evaluate")
+    evaluate_shot(window, run_dir, "evaluate", shot, wait, "the evaluation")
 
     runs = window.pages["runs"]
     runs.refresh()
@@ -135,6 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     window.shutdown(60000)
     print(f"workspace of the tour: {workspace}")
     return 0
+
+
+def evaluate_shot(window, run_dir: Path, name: str, shot, wait, what: str, questions: int = 5) -> None:
+    """Evaluate ``run_dir`` on the Evaluate page (``questions`` questions) and take the shot ``name``."""
+    evaluate = window.pages["evaluate"]
+    window.open_next_step(("evaluate", run_dir))
+    evaluate.n_spin.setValue(questions)
+    evaluate.start()
+    wait(lambda: not evaluate.is_busy, 1800, what)
+    shot(name, "evaluate")
 
 
 def preference_shots(window, workspace: Path, shot, wait, pump, n_votes: int = 5) -> None:
@@ -175,12 +180,7 @@ def preference_shots(window, workspace: Path, shot, wait, pump, n_votes: int = 5
     pump(1.0)
     shot("train-dpo", "train")
 
-    evaluate = window.pages["evaluate"]
-    window.open_next_step(("evaluate", sft))
-    evaluate.n_spin.setValue(5)
-    evaluate.start()
-    wait(lambda: not evaluate.is_busy, 1800, "the evaluation with the forgetting check")
-    shot("evaluate-forgetting", "evaluate")
+    evaluate_shot(window, sft, "evaluate-forgetting", shot, wait, "the evaluation with the forgetting check")
 
 
 if __name__ == "__main__":

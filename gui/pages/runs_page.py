@@ -127,6 +127,10 @@ class RunsPage(QWidget):
         self._task.finished.connect(self._on_task_finished)
         self._task_run: Path | None = None
         self._export_target: Path | None = None
+        # The overlay's plot items by run name and what they were drawn for (update_overlay redraws on change).
+        self.overlay_curves: dict[str, tuple[list, list]] = {}
+        self._overlay_items: dict = {}
+        self._overlay_layout: tuple | None = None
         self.export_result_dialog = None
         self.export_result_text = ""
         self._debounce = QTimer(self)
@@ -461,8 +465,8 @@ class RunsPage(QWidget):
             curves[summary.name if summary else path.name] = (xs, ys)
         self.overlay_curves = curves
         layout = (kind, key, [(name, bool(xs), len(xs) < 30) for name, (xs, _) in curves.items()])
-        items = getattr(self, "_overlay_items", {})
-        if layout == getattr(self, "_overlay_layout", None):
+        items = self._overlay_items
+        if layout == self._overlay_layout:
             for name, (xs, ys) in curves.items():
                 if name in items:
                     items[name].setData(xs, ys)
